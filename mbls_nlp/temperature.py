@@ -1,0 +1,239 @@
+"""Post-hoc temperature scaling (Guo et al., 2017), as used in the MbLS paper's evaluation.
+
+Pure torch: usable from any training loop, never imports transformers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .calibration import expected_calibration_error
+
+__all__ = ["FIT_METHODS", "TemperatureScaler"]
+
+#: Valid values of `TemperatureScaler.fit(method=...)`.
+FIT_METHODS = ("nll", "ece_grid")
+
+
+def _paper_grid() -> list[float]:
+    # T = 0.1, 0.2, ..., 10.0 as exact decimals: the reference code accumulates `T += 0.1`, which drifts
+    # (0.30000000000000004, ...); k / 10 is the value the paper means.
+    return [k / 10 for k in range(1, 101)]
+
+
+def _check_temperature(temperature: Any, name: str = "temperature") -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating, np.integer)):
+        raise TypeError(f"`{name}` must be a positive finite float, got {type(temperature).__name__}.")
+    value = float(temperature)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive finite float, got {value}.")
+    return value
+
+
+def _as_tensor(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    if isinstance(x, (list, tuple)):
+        return torch.as_tensor(np.asarray(x))
+    raise TypeError(f"`{name}` must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}.")
+
+
+def _flatten_valid(logits: Any, labels: Any, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validates `(N, C, ...)` logits and `(N, ...)` labels; returns float64 `(M, C)` logits and `(M,)` labels of
+    the positions whose label is not `ignore_index`."""
+    logits = _as_tensor(logits, "logits")
+    labels = _as_tensor(labels, "labels")
+    if not logits.is_floating_point():
+        raise TypeError(f"`logits` must be a floating-point tensor, got dtype {logits.dtype}.")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"`labels` must be an integer tensor, got dtype {labels.dtype}.")
+    if logits.dim() < 2:
+        raise ValueError(f"`logits` must have shape (N, C) or (N, C, d1, ...), got {tuple(logits.shape)}.")
+    expected = (logits.shape[0], *logits.shape[2:])
+    if tuple(labels.shape) != expected:
+        raise ValueError(
+            f"`labels` must have shape {expected} to match `logits` of shape {tuple(logits.shape)} (classes on "
+            f"dim 1), got {tuple(labels.shape)}."
+        )
+    num_classes = logits.shape[1]
+    # (N, C, d1, ...) -> (N * d1 * ..., C): classes on dim 1 as in torch.nn.CrossEntropyLoss.
+    flat_logits = logits.movedim(1, -1).reshape(-1, num_classes).to(torch.float64)
+    flat_labels = labels.reshape(-1).to(torch.int64)
+    keep = flat_labels != ignore_index
+    flat_logits, flat_labels = flat_logits[keep], flat_labels[keep]
+    if flat_labels.numel() == 0 or num_classes == 0:
+        raise ValueError(
+            "`logits`/`labels` are empty: temperature scaling needs at least one position whose label is not "
+            f"`ignore_index` ({ignore_index})."
+        )
+    if not torch.isfinite(flat_logits).all():
+        raise ValueError("`logits` contain NaN or inf; temperature scaling needs finite logits.")
+    bad = (flat_labels < 0) | (flat_labels >= num_classes)
+    if bad.any():
+        raise ValueError(
+            f"`labels` must be in [0, {num_classes}) or equal `ignore_index` ({ignore_index}), "
+            f"got {flat_labels[bad][0].item()}."
+        )
+    return flat_logits, flat_labels
+
+
+class TemperatureScaler(nn.Module):
+    """Divides logits by one temperature `T > 0` fitted on held-out logits and labels (Guo et al., 2017).
+
+    `T > 1` softens over-confident predictions, `T < 1` sharpens under-confident ones; the arg-max, hence the
+    accuracy, never changes. The temperature is a plain Python float, so it can be stored anywhere a float can
+    (e.g. a model config's `calibration_temperature`); `to_dict`/`from_dict` and `state_dict` round-trip it.
+
+    Args:
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Initial temperature; must be positive and finite.
+
+    Examples:
+
+    ```python
+    >>> import torch
+    >>> from mbls_nlp.temperature import TemperatureScaler
+    >>> scaler = TemperatureScaler(temperature=2.0)
+    >>> scaler(torch.tensor([[2.0, -4.0]]))
+    tensor([[ 1., -2.]])
+    >>> TemperatureScaler.from_dict(scaler.to_dict()).temperature
+    2.0
+    ```
+    """
+
+    def __init__(self, temperature: float = 1.0):
+        super().__init__()
+        self._temperature = _check_temperature(temperature)
+
+    @property
+    def temperature(self) -> float:
+        """The current temperature `T` (a Python float)."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self._temperature = _check_temperature(value)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """Returns `logits / T`, same shape and dtype as `logits` (any shape, e.g. `(N, C)` or `(N, C, H, W)`)."""
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"`logits` must be a torch.Tensor, got {type(logits).__name__}.")
+        return logits / self._temperature
+
+    @torch.no_grad()
+    def fit(
+        self,
+        logits: torch.Tensor | np.ndarray,
+        labels: torch.Tensor | np.ndarray,
+        *,
+        method: str = "nll",
+        ignore_index: int = -100,
+        n_bins: int = 15,
+        grid: Sequence[float] | None = None,
+    ) -> TemperatureScaler:
+        """Fits `T` on held-out `logits` and `labels`, stores it and returns `self`.
+
+        Args:
+            logits (`torch.Tensor` or `np.ndarray` of shape `(N, C)` or `(N, C, d1, ...)`):
+                Un-normalised scores, classes on dim 1.
+            labels (`torch.Tensor` or `np.ndarray` of shape `(N,)` or `(N, d1, ...)`):
+                Integer class indices in `[0, C)`, or `ignore_index`.
+            method (`str`, *optional*, defaults to `"nll"`):
+                `"nll"` minimises the mean negative log-likelihood of `softmax(logits / T)` with L-BFGS on `log T`
+                in float64, starting from `T = 1` (Guo et al., 2017). `"ece_grid"` is the MbLS paper's procedure:
+                evaluate the ECE (`n_bins` equal-width bins) at every `T` of `grid` and keep the lowest; ties go
+                to the first (smallest index) grid point.
+            ignore_index (`int`, *optional*, defaults to `-100`):
+                Positions with this label are excluded.
+            n_bins (`int`, *optional*, defaults to `15`):
+                Number of ECE bins for `method="ece_grid"`.
+            grid (`Sequence[float]`, *optional*):
+                Candidate temperatures for `method="ece_grid"`; defaults to the paper's `0.1, 0.2, ..., 10.0`.
+
+        Returns:
+            `TemperatureScaler`: `self`, with `temperature` set to the fitted value.
+        """
+        if method not in FIT_METHODS:
+            raise ValueError(f"`method` must be one of {FIT_METHODS}, got {method!r}.")
+        if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+            raise ValueError(f"`n_bins` must be an integer >= 1, got {n_bins!r}.")
+        if grid is not None and method != "ece_grid":
+            raise ValueError(f"`grid` is only used with method='ece_grid', got method={method!r}.")
+        flat_logits, flat_labels = _flatten_valid(logits, labels, ignore_index)
+        if method == "nll":
+            self.temperature = self._fit_nll(flat_logits, flat_labels)
+        else:
+            self.temperature = self._fit_ece_grid(flat_logits, flat_labels, n_bins=n_bins, grid=grid)
+        return self
+
+    @staticmethod
+    def _fit_nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
+        # Optimise log T: T stays positive without constraints, and the NLL is far better conditioned in log T
+        # than in T (T in [0.05, 20] is [-3, 3] in log T), so one L-BFGS run from T = 1 reaches either end.
+        # The NLL is convex in 1/T, so it is unimodal in log T and the strong-Wolfe line search cannot be trapped.
+        log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.LBFGS(
+            [log_t],
+            lr=1.0,
+            max_iter=200,
+            tolerance_grad=1e-10,
+            tolerance_change=1e-14,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(logits * torch.exp(-log_t), labels)
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            optimizer.step(closure)
+        temperature = math.exp(log_t.item())
+        if not math.isfinite(temperature) or temperature <= 0:
+            # Only reachable when the NLL has no minimum (e.g. every position correct with a huge margin).
+            raise ValueError(f"NLL fit did not converge to a finite temperature (got {temperature}).")
+        return temperature
+
+    @staticmethod
+    def _fit_ece_grid(
+        logits: torch.Tensor, labels: torch.Tensor, *, n_bins: int, grid: Sequence[float] | None
+    ) -> float:
+        candidates = _paper_grid() if grid is None else [_check_temperature(t, "grid") for t in grid]
+        if not candidates:
+            raise ValueError("`grid` must contain at least one temperature.")
+        best_t, best_ece = candidates[0], math.inf
+        for t in candidates:
+            ece = expected_calibration_error(logits / t, labels, n_bins=n_bins, from_logits=True)
+            if ece < best_ece:  # strict: ties keep the first grid point, as the reference code does
+                best_t, best_ece = t, ece
+        return best_t
+
+    def to_dict(self) -> dict[str, float]:
+        """Returns `{"temperature": T}` (JSON-serialisable)."""
+        return {"temperature": self._temperature}
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> TemperatureScaler:
+        """Builds a scaler from the output of `to_dict`."""
+        if not isinstance(config, dict) or "temperature" not in config:
+            raise ValueError(f"`config` must be a dict with a 'temperature' key, got {config!r}.")
+        return cls(temperature=config["temperature"])
+
+    # nn.Module hooks so that `state_dict()`/`load_state_dict()` carry the float (as "_extra_state").
+    def get_extra_state(self) -> dict[str, float]:
+        return self.to_dict()
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.temperature = state["temperature"]
+
+    def extra_repr(self) -> str:
+        return f"temperature={self._temperature}"
