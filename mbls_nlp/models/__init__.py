@@ -1,0 +1,28 @@
+"""Hugging Face models that the recipes need and transformers lacks.
+
+Importing this package registers them with the Auto classes, so that ``AutoConfig.for_model("text_cnn")``,
+``AutoModel`` and ``AutoModelForSequenceClassification.from_pretrained(folder)`` work on saved text CNNs.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+from .text_cnn import (
+    TextCNNConfig,
+    TextCNNForSequenceClassification,
+    TextCNNModel,
+    TextCNNPreTrainedModel,
+    load_pretrained_embeddings,
+)
+
+# exist_ok: re-importing (e.g. importlib.reload in a notebook) must not fail on an already registered type.
+AutoConfig.register(TextCNNConfig.model_type, TextCNNConfig, exist_ok=True)
+AutoModel.register(TextCNNConfig, TextCNNModel, exist_ok=True)
+AutoModelForSequenceClassification.register(TextCNNConfig, TextCNNForSequenceClassification, exist_ok=True)
+
+__all__ = [
+    "TextCNNConfig",
+    "TextCNNForSequenceClassification",
+    "TextCNNModel",
+    "TextCNNPreTrainedModel",
+    "load_pretrained_embeddings",
+]
