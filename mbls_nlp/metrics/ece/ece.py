@@ -1,0 +1,153 @@
+# Copyright 2026 The mbls-nlp developers.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Calibration metrics (ECE, AECE, CECE, MCE, NLL, Brier, accuracy) as an `evaluate` metric.
+
+`evaluate.load` copies this script into its modules cache and imports the copy, so the maths is imported from the
+installed `mbls_nlp` package rather than from a relative file: the metric and `mbls_nlp.calibration_report` can
+never drift apart.
+"""
+
+import datasets
+import evaluate
+import numpy as np
+
+from mbls_nlp.calibration import calibration_report
+
+_DESCRIPTION = """
+Calibration metrics of a classifier's predicted probabilities, as reported in "The Devil is in the Margin:
+Margin-based Label Smoothing for Network Calibration" (Liu et al., CVPR 2022). All values are fractions (not
+percent); lower is better except for accuracy. With top-label confidence c_i = max_k p_ik, prediction
+argmax_k p_ik, N samples and `n_bins` bins:
+
+- accuracy: fraction of samples whose arg-max equals the reference.
+- ece (Expected Calibration Error, Naeini et al. 2015; Guo et al. 2017): equal-width bins (b/n_bins, (b+1)/n_bins]
+  over c_i (a confidence of exactly 0 goes to the first bin, exactly 1 to the last);
+  ECE = sum_b |acc_b - conf_b| * n_b / N.
+- aece (adaptive ECE): the same sum over equal-mass bins (samples sorted by confidence, split into `n_bins` groups
+  whose sizes differ by at most one; every sample counted).
+- cece (classwise ECE): for each class k, equal-width bins over p_ik for all samples,
+  sum_b |mean 1[y_i = k] - mean p_ik| * n_b / N; averaged over all classes.
+- mce (Maximum Calibration Error): max over non-empty equal-width bins of |acc_b - conf_b|.
+- nll: mean of -log p_{i, y_i}.
+- brier: mean over samples of sum_k (p_ik - 1[y_i = k])^2.
+
+The values are exactly those of `mbls_nlp.calibration_report`, which this metric calls.
+"""
+
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions (`list` of `list` of `float`):
+        Per-class probability vectors, one per sample (shape `(N, C)`); each row must lie in [0, 1] and sum to 1.
+        With `from_logits=True`, un-normalised logits instead. For token or pixel classification, flatten the
+        positions into samples first.
+    references (`list` of `int`):
+        Ground-truth class indices in [0, C), shape `(N,)`; samples equal to `ignore_index` are excluded.
+    n_bins (`int`, *optional*, defaults to `15`):
+        Number of bins for ece, aece, cece and mce.
+    from_logits (`bool`, *optional*, defaults to `False`):
+        If `True`, `predictions` are logits and a softmax is applied first (in float64).
+    ignore_index (`int`, *optional*, defaults to `-100`):
+        Reference value of samples to exclude (padding, sub-word tokens, void pixels).
+
+Returns:
+    `dict` of `float`: `accuracy`, `ece`, `aece`, `cece`, `mce`, `nll` and `brier`, all fractions. Lower is better
+    for every key except `accuracy`.
+
+Examples:
+
+    Example 1 - Probabilities. Confidences 0.95, 0.75, 0.65, 0.85 each fall in their own of 15 bins; the third
+    prediction (class 0) is wrong, so ECE = (|1 - 0.95| + |1 - 0.75| + |0 - 0.65| + |1 - 0.85|) / 4
+    = 1.1 / 4 = 0.275, MCE = 0.65, Brier = (2 * 0.05**2 + 2 * 0.25**2 + 2 * 0.65**2 + 2 * 0.15**2) / 4 = 0.255,
+    NLL = -(ln 0.95 + ln 0.75 + ln 0.35 + ln 0.85) / 4 = 0.3878.
+
+        >>> import evaluate
+        >>> import mbls_nlp
+        >>> ece_metric = evaluate.load(mbls_nlp.ECE_METRIC_PATH)
+        >>> results = ece_metric.compute(
+        ...     predictions=[[0.95, 0.05], [0.25, 0.75], [0.65, 0.35], [0.15, 0.85]],
+        ...     references=[0, 1, 1, 1],
+        ... )
+        >>> print({name: round(value, 4) for name, value in results.items()})
+        {'accuracy': 0.75, 'ece': 0.275, 'aece': 0.275, 'cece': 0.275, 'mce': 0.65, 'nll': 0.3878, 'brier': 0.255}
+
+    Example 2 - Logits, accumulated batch by batch, with a padded sample excluded through `ignore_index`.
+    ln(3) vs 0 gives probabilities (0.75, 0.25); both kept samples are right with confidence 0.75, so ECE = 0.25.
+
+        >>> import math
+        >>> ece_metric = evaluate.load(mbls_nlp.ECE_METRIC_PATH)
+        >>> ece_metric.add_batch(predictions=[[math.log(3.0), 0.0]], references=[0])
+        >>> ece_metric.add_batch(predictions=[[0.0, math.log(3.0)], [5.0, 0.0]], references=[1, -100])
+        >>> results = ece_metric.compute(from_logits=True, n_bins=10)
+        >>> print(round(results["accuracy"], 4), round(results["ece"], 4))
+        1.0 0.25
+"""
+
+
+_CITATION = """
+@inproceedings{liu2022mbls,
+  title={The Devil is in the Margin: Margin-based Label Smoothing for Network Calibration},
+  author={Liu, Bingyuan and Ben Ayed, Ismail and Galdran, Adrian and Dolz, Jose},
+  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year={2022}
+}
+@inproceedings{guo2017calibration,
+  title={On Calibration of Modern Neural Networks},
+  author={Guo, Chuan and Pleiss, Geoff and Sun, Yu and Weinberger, Kilian Q.},
+  booktitle={Proceedings of the 34th International Conference on Machine Learning (ICML)},
+  pages={1321--1330},
+  year={2017}
+}
+@inproceedings{naeini2015obtaining,
+  title={Obtaining Well Calibrated Probabilities Using Bayesian Binning},
+  author={Naeini, Mahdi Pakdaman and Cooper, Gregory F. and Hauskrecht, Milos},
+  booktitle={Proceedings of the Twenty-Ninth AAAI Conference on Artificial Intelligence},
+  pages={2901--2907},
+  year={2015}
+}
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class ECE(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            # float64 storage: float32 inputs are widened exactly, so results equal calibration_report's to the bit.
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Sequence(datasets.Value("float64")),
+                    "references": datasets.Value("int64"),
+                }
+            ),
+            reference_urls=["https://arxiv.org/abs/2111.15430", "https://arxiv.org/abs/1706.04599"],
+        )
+
+    def _compute(self, predictions, references, n_bins=15, from_logits=False, ignore_index=-100):
+        try:
+            scores = np.asarray(predictions, dtype=np.float64)
+        except ValueError as err:  # ragged rows: numpy cannot build a (N, C) array
+            raise ValueError(
+                "`predictions` must be per-class vectors of the same length C for every sample (shape (N, C))."
+            ) from err
+        labels = np.asarray(references, dtype=np.int64)
+        if scores.size == 0:
+            raise ValueError(
+                "`predictions` is empty: add at least one sample (with `add`/`add_batch`) before `compute`."
+            )
+        if scores.ndim != 2:
+            raise ValueError(f"`predictions` must have shape (N, C), got an array of shape {scores.shape}.")
+        return calibration_report(scores, labels, n_bins=n_bins, from_logits=from_logits, ignore_index=ignore_index)
