@@ -1,0 +1,126 @@
+import json
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mbls_nlp.calibration import expected_calibration_error, reliability_bins
+from mbls_nlp.plotting import reliability_diagram, save_reliability_diagram
+
+matplotlib = pytest.importorskip("matplotlib")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _over_confident(n=2000, c=10, seed=0):
+    # Labels drawn from softmax(z) (calibrated), logits 3 * z: the diagram must show accuracy below confidence.
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, c, generator=g)
+    labels = torch.multinomial(torch.softmax(z, dim=1), 1, generator=g).squeeze(1)
+    return 3 * z, labels
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    # The IHDR chunk follows the magic: 4-byte length, b"IHDR", then big-endian width and height.
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_save_writes_png_and_bin_table(tmp_path):
+    logits, labels = _over_confident()
+    path = tmp_path / "plots" / "reliability.png"
+    table = save_reliability_diagram(path, logits, labels, n_bins=10, title="over-confident", dpi=100)
+    assert path.stat().st_size > 10_000  # a real rendered figure, not an empty canvas
+    width, height = _png_size(path)
+    # figsize (5.0, 6.2) inches at dpi 100.
+    assert (width, height) == (500, 620)
+    expected = reliability_bins(logits, labels, n_bins=10)
+    with open(path.with_suffix(".json"), encoding="utf-8") as f:
+        assert json.load(f) == expected
+    assert table == expected
+    assert sum(table["count"]) == len(labels)
+
+
+def test_figure_contents(tmp_path):
+    logits, labels = _over_confident(seed=1)
+    labels[::7] = -100
+    fig = reliability_diagram(logits, labels, n_bins=15, title="CE")
+    ax_rel, ax_hist = fig.axes
+    bins = reliability_bins(logits, labels, n_bins=15)
+    filled = [i for i, n in enumerate(bins["count"]) if n > 0]
+    # First bar container: accuracy of each non-empty bin; second: the gap from accuracy to confidence.
+    acc_bars, gap_bars = ax_rel.containers
+    assert [b.get_height() for b in acc_bars] == pytest.approx([bins["accuracy"][i] for i in filled])
+    assert [b.get_x() for b in acc_bars] == pytest.approx([bins["bin_lower"][i] for i in filled])
+    tops = [b.get_y() + b.get_height() for b in gap_bars]
+    assert tops == pytest.approx([bins["confidence"][i] for i in filled])
+    # Histogram: one bar per bin with the bin's count, under the diagram.
+    (hist_bars,) = ax_hist.containers
+    assert [b.get_height() for b in hist_bars] == bins["count"]
+    assert ax_hist.get_position().y1 <= ax_rel.get_position().y0 + 1e-9
+    # ECE in the legend, in percent with two decimals; the diagonal is labelled.
+    ece = expected_calibration_error(logits, labels, n_bins=15)
+    legend = ax_rel.get_legend()
+    assert legend.get_title().get_text() == f"ECE = {100 * ece:.2f}%"
+    assert {t.get_text() for t in legend.get_texts()} == {"Perfect calibration", "Accuracy", "Gap"}
+    assert ax_rel.get_title() == "CE"
+
+
+def test_does_not_touch_pyplot_or_the_backend(tmp_path):
+    # In a fresh interpreter (other tests may have imported pyplot): drawing and saving must neither import pyplot
+    # (which would pick a GUI backend and register figures that leak) nor change the configured backend.
+    code = (
+        "import sys, torch, matplotlib\n"
+        "backend = matplotlib.rcParams._get_backend_or_none()\n"
+        "from mbls_nlp.plotting import save_reliability_diagram\n"
+        f"save_reliability_diagram({str(tmp_path / 'r.png')!r}, torch.randn(64, 3), torch.randint(0, 3, (64,)))\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+        "assert matplotlib.rcParams._get_backend_or_none() == backend\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert (tmp_path / "r.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_draws_into_given_axes_with_probabilities():
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    ax = fig.add_subplot(1, 2, 2)
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=300)
+    labels = rng.integers(0, 4, size=300)
+    out = reliability_diagram(probs, labels, from_logits=False, n_bins=5, ax=ax)
+    assert out is fig
+    assert len(fig.axes) == 2  # the caller's axes plus the histogram strip split off it
+    assert [b.get_height() for b in fig.axes[1].containers[0]] == reliability_bins(
+        probs, labels, from_logits=False, n_bins=5
+    )["count"]
+
+
+def test_bad_arguments():
+    logits, labels = _over_confident(n=50)
+    with pytest.raises(ValueError, match="n_bins"):
+        reliability_diagram(logits, labels, n_bins=0)
+    with pytest.raises(TypeError, match="title"):
+        reliability_diagram(logits, labels, title=3)
+    with pytest.raises(TypeError, match="ax"):
+        reliability_diagram(logits, labels, ax="left")
+    with pytest.raises(TypeError, match="path"):
+        save_reliability_diagram(None, logits, labels)
+
+
+def test_missing_matplotlib_gives_install_hint(monkeypatch, tmp_path):
+    # A None entry in sys.modules makes `import matplotlib.figure` raise ImportError, as if it were not installed.
+    for name in ("matplotlib", "matplotlib.figure", "mpl_toolkits", "mpl_toolkits.axes_grid1"):
+        monkeypatch.setitem(sys.modules, name, None)
+    logits, labels = _over_confident(n=50)
+    with pytest.raises(ImportError, match=r'pip install "mbls-nlp\[plot\]"'):
+        reliability_diagram(logits, labels)
+    with pytest.raises(ImportError, match=r'pip install "mbls-nlp\[plot\]"'):
+        save_reliability_diagram(tmp_path / "r.png", logits, labels)
+    assert not (tmp_path / "r.png").exists() and not (tmp_path / "r.json").exists()
