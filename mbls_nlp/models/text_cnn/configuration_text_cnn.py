@@ -40,8 +40,9 @@ class TextCNNConfig(PretrainedConfig):
         mask_padding (`bool`, *optional*, defaults to `True`):
             Whether positions are masked with the attention mask so that padding never wins the global max pooling
             and the logits of a text do not depend on how much padding the batch adds, nor on which side. With
-            `True`, each text is treated as if surrounded by zero vectors (a "full" convolution restricted to
-            windows that touch at least one real token), so even a one-token text has an output. With `False`, the
+            `True`, every window that touches at least one real token is computed (as if the text were followed and
+            preceded by enough zero vectors) and, at every layer, features at positions whose window touches no real
+            token are set to zero, so even a one-token text has an output. With `False`, the
             reference computation is reproduced literally: "valid" convolutions over every position, padding
             included, and texts shorter than the receptive field fail.
         initializer_range (`float`, *optional*, defaults to `1.0`):
@@ -58,6 +59,7 @@ class TextCNNConfig(PretrainedConfig):
     >>> model = TextCNNForSequenceClassification(config)
     >>> config.receptive_field
     21
+
     ```
     """
 

@@ -170,6 +170,7 @@ class TextCNNForSequenceClassification(TextCNNPreTrainedModel):
     >>> out = model(torch.tensor([[5, 6, 7, 0]]), attention_mask=torch.tensor([[1, 1, 1, 0]]), labels=torch.tensor([2]))
     >>> out.logits.shape
     torch.Size([1, 3])
+
     ```
     """
 
@@ -310,6 +311,7 @@ def load_pretrained_embeddings(
     >>> _ = load_pretrained_embeddings(model, torch.ones(10, 4))
     >>> model.get_input_embeddings().weight.requires_grad
     False
+
     ```
     """
     if not isinstance(model, (TextCNNModel, TextCNNForSequenceClassification)):

@@ -1,0 +1,454 @@
+"""Dataset loading and preprocessing shared by the recipes and the notebooks (no maths here).
+
+- [`load_local_dataset`]: csv / json / jsonl (each optionally gzipped) / parquet files into a `DatasetDict`.
+- [`train_validation_split`]: a seeded (optionally stratified) validation split carved from train.
+- [`clean_newsgroups_text`], [`clean_newsgroups`]: 20 Newsgroups cleaning like the paper's loader (`"headers"`)
+  or like scikit-learn's `remove=("headers", "footers", "quotes")` (`"all"`).
+- [`train_word_tokenizer`]: the word-level tokenizer of the paper's text CNN, trained with `tokenizers`.
+- [`load_newsgroups`]: the shared `train.jsonl.gz` / `test.jsonl.gz` layout with named labels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import datasets
+from transformers import PreTrainedTokenizerFast
+
+# Extension (lowercase, compression suffix included) -> `datasets` packaged builder. Longest suffixes are tried
+# first so that ".jsonl.gz" is not read as ".gz".
+_EXTENSION_TO_BUILDER = {
+    ".csv": "csv",
+    ".csv.gz": "csv",
+    ".json": "json",
+    ".json.gz": "json",
+    ".jsonl": "json",
+    ".jsonl.gz": "json",
+    ".parquet": "parquet",
+}
+NEWSGROUPS_CLEANUP_MODES = ("none", "headers", "all")
+
+
+def _builder_for(path: str | os.PathLike, argument: str) -> str:
+    name = os.fspath(path).lower()
+    for extension in sorted(_EXTENSION_TO_BUILDER, key=len, reverse=True):
+        if name.endswith(extension):
+            return _EXTENSION_TO_BUILDER[extension]
+    raise ValueError(
+        f"`{argument}` has an unsupported extension: {os.fspath(path)!r}. "
+        f"Allowed extensions: {', '.join(_EXTENSION_TO_BUILDER)}."
+    )
+
+
+def load_local_dataset(
+    train_file: str | os.PathLike | None = None,
+    validation_file: str | os.PathLike | None = None,
+    test_file: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> datasets.DatasetDict:
+    r"""
+    Load local data files into a `DatasetDict` with the `datasets` packaged builders (no network).
+
+    The format of each file is inferred from its extension: `.csv`, `.json`, `.jsonl` (each optionally followed by
+    `.gz`) or `.parquet`. JSON files may hold JSON lines or one top-level list of records. Files of different formats
+    may be mixed; each split is loaded on its own.
+
+    Args:
+        train_file (`str` or `os.PathLike`, *optional*):
+            File of the `"train"` split.
+        validation_file (`str` or `os.PathLike`, *optional*):
+            File of the `"validation"` split.
+        test_file (`str` or `os.PathLike`, *optional*):
+            File of the `"test"` split.
+        cache_dir (`str` or `os.PathLike`, *optional*):
+            Where `datasets` writes its Arrow cache; its default cache when `None`.
+
+    Returns:
+        `datasets.DatasetDict`: one entry per file given, keyed `"train"`, `"validation"`, `"test"`.
+
+    Raises:
+        ValueError: when no file is given, or an extension is not one of the allowed ones.
+        FileNotFoundError: when a file does not exist.
+
+    Examples:
+
+    ```python
+    >>> from mbls_nlp.data import load_local_dataset
+    >>> ds = load_local_dataset(train_file="train.jsonl.gz", test_file="test.jsonl.gz")  # doctest: +SKIP
+    >>> sorted(ds)  # doctest: +SKIP
+    ['test', 'train']
+
+    ```
+    """
+    files = {"train": train_file, "validation": validation_file, "test": test_file}
+    files = {split: path for split, path in files.items() if path is not None}
+    if not files:
+        raise ValueError("Give at least one of `train_file`, `validation_file`, `test_file`.")
+    # Validate every extension and existence before loading anything, so a typo fails fast.
+    builders = {split: _builder_for(path, f"{split}_file") for split, path in files.items()}
+    for split, path in files.items():
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"`{split}_file` does not exist: {os.fspath(path)!r}.")
+    out = datasets.DatasetDict()
+    for split, path in files.items():
+        out[split] = datasets.load_dataset(
+            builders[split],
+            data_files={split: os.path.abspath(os.fspath(path))},
+            split=split,
+            cache_dir=None if cache_dir is None else os.fspath(cache_dir),
+        )
+    return out
+
+
+def train_validation_split(
+    dataset: datasets.Dataset,
+    validation_percentage: float,
+    seed: int = 42,
+    stratify_by_column: str | None = None,
+) -> datasets.DatasetDict:
+    r"""
+    Split a dataset into seeded, disjoint `"train"` and `"validation"` parts that together cover it.
+
+    Stratification (the class proportions kept in both parts) is done by `Dataset.train_test_split` and costs
+    nothing extra; it needs a `ClassLabel` column, so an integer column is cast to one for the split and cast back
+    afterwards. Without `stratify_by_column` the split is a plain seeded shuffle.
+
+    Args:
+        dataset (`datasets.Dataset`):
+            The training data.
+        validation_percentage (`float`):
+            Percentage of rows that go to validation, in the open interval (0, 100).
+        seed (`int`, *optional*, defaults to `42`):
+            Seed of the shuffle; the same seed gives the same split.
+        stratify_by_column (`str`, *optional*):
+            Label column to stratify on (a `ClassLabel` or integer column).
+
+    Returns:
+        `datasets.DatasetDict` with `"train"` and `"validation"`.
+
+    Examples:
+
+    ```python
+    >>> import datasets
+    >>> from mbls_nlp.data import train_validation_split
+    >>> ds = datasets.Dataset.from_dict({"text": [str(i) for i in range(10)], "label": [0, 1] * 5})
+    >>> parts = train_validation_split(ds, 20, seed=0, stratify_by_column="label")
+    >>> parts["train"].num_rows, parts["validation"].num_rows
+    (8, 2)
+    >>> sorted(parts["validation"]["label"])
+    [0, 1]
+
+    ```
+    """
+    if not isinstance(dataset, datasets.Dataset):
+        raise TypeError(f"`dataset` must be a datasets.Dataset, got {type(dataset).__name__}.")
+    if isinstance(validation_percentage, bool) or not 0 < validation_percentage < 100:
+        raise ValueError(
+            f"`validation_percentage` must be a number in the open interval (0, 100), got {validation_percentage!r}."
+        )
+    if stratify_by_column is None:
+        split = dataset.train_test_split(test_size=validation_percentage / 100, seed=seed)
+        return datasets.DatasetDict(train=split["train"], validation=split["test"])
+    if stratify_by_column not in dataset.column_names:
+        raise ValueError(
+            f"`stratify_by_column` must be one of the columns {dataset.column_names}, got {stratify_by_column!r}."
+        )
+    feature = dataset.features[stratify_by_column]
+    work = dataset
+    if not isinstance(feature, datasets.ClassLabel):
+        if not (isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))):
+            raise ValueError(
+                f"`stratify_by_column` must name a ClassLabel or integer column; {stratify_by_column!r} is {feature}."
+            )
+        values = dataset.unique(stratify_by_column)
+        if min(values) < 0:
+            raise ValueError(f"`stratify_by_column` {stratify_by_column!r} holds negative labels; cannot stratify.")
+        work = dataset.cast_column(stratify_by_column, datasets.ClassLabel(num_classes=max(values) + 1))
+    split = work.train_test_split(
+        test_size=validation_percentage / 100, seed=seed, stratify_by_column=stratify_by_column
+    )
+    train, validation = split["train"], split["test"]
+    if work is not dataset:
+        train = train.cast_column(stratify_by_column, feature)
+        validation = validation.cast_column(stratify_by_column, feature)
+    return datasets.DatasetDict(train=train, validation=validation)
+
+
+# --- 20 Newsgroups cleaning ------------------------------------------------------------------------------------
+# Same semantics as scikit-learn's `sklearn.datasets._twenty_newsgroups` strip_newsgroup_{header,footer,quoting}
+# (checked message by message in tests/test_data.py); written here so that scikit-learn stays a test dependency.
+_QUOTE_PREFIXES = ("In article", "Quoted from", "|", ">")
+_QUOTE_MARKERS = ("writes in", "writes:", "wrote:", "says:", "said:")
+
+
+def _strip_header_like_reference(text: str) -> str:
+    # The paper's loader (by-liu/MbLS calibrate/data/newsgroup.py): cut before the first blank line, keeping the
+    # blank line itself, unless there is none or the text starts with it.
+    i = text.find("\n\n")
+    return text[i:] if i > 0 else text
+
+
+def _strip_header(text: str) -> str:
+    # scikit-learn: everything after the first blank line, and nothing when there is no blank line.
+    _, _, after = text.partition("\n\n")
+    return after
+
+
+def _strip_footer(text: str) -> str:
+    # The signature starts at the last line that is blank or made of hyphens, trailing blank lines aside; nothing
+    # is removed when that line is the first one (or there is none).
+    lines = text.strip().split("\n")
+    for index in range(len(lines) - 1, 0, -1):
+        if lines[index].strip().strip("-") == "":
+            return "\n".join(lines[:index])
+    return text
+
+
+def _is_quote_line(line: str) -> bool:
+    return line.startswith(_QUOTE_PREFIXES) or any(marker in line for marker in _QUOTE_MARKERS)
+
+
+def _strip_quoting(text: str) -> str:
+    return "\n".join(line for line in text.split("\n") if not _is_quote_line(line))
+
+
+def clean_newsgroups_text(text: str, mode: str = "headers") -> str:
+    r"""
+    Clean one raw 20 Newsgroups message.
+
+    Args:
+        text (`str`):
+            The raw message, headers included.
+        mode (`str`, *optional*, defaults to `"headers"`):
+            - `"none"`: unchanged.
+            - `"headers"`: drop the header block like the paper's loader (by-liu/MbLS
+              `calibrate/data/newsgroup.py`): the text from the first `"\n\n"` on, blank line included; unchanged if
+              there is no blank line or the message starts with one.
+            - `"all"`: the same as scikit-learn's `fetch_20newsgroups(remove=("headers", "footers", "quotes"))`:
+              everything after the first blank line (empty if none), then the signature block after the last blank
+              or hyphen-only line removed, then lines that quote (starting with `>` or `|`, `In article`,
+              `Quoted from`, or containing `writes:`, `writes in`, `wrote:`, `says:`, `said:`) removed.
+
+    Returns:
+        `str`: the cleaned text.
+
+    Examples:
+
+    ```python
+    >>> from mbls_nlp.data import clean_newsgroups_text
+    >>> raw = "From: a@b.c\nSubject: hi\n\nYou wrote:\n> old\nNew text\n\n--\nSig"
+    >>> clean_newsgroups_text(raw, "headers")
+    '\n\nYou wrote:\n> old\nNew text\n\n--\nSig'
+    >>> clean_newsgroups_text(raw, "all")
+    'New text\n'
+
+    ```
+    """
+    if mode == "none":
+        return text
+    if mode == "headers":
+        return _strip_header_like_reference(text)
+    if mode == "all":
+        return _strip_quoting(_strip_footer(_strip_header(text)))
+    raise ValueError(f"`mode` must be one of {NEWSGROUPS_CLEANUP_MODES}, got {mode!r}.")
+
+
+def clean_newsgroups(
+    dataset: datasets.Dataset | datasets.DatasetDict,
+    mode: str = "headers",
+    text_column: str = "text",
+    num_proc: int | None = None,
+) -> datasets.Dataset | datasets.DatasetDict:
+    r"""
+    Apply [`clean_newsgroups_text`] to a text column with a batched `map`.
+
+    Args:
+        dataset (`datasets.Dataset` or `datasets.DatasetDict`):
+            Data with raw messages.
+        mode (`str`, *optional*, defaults to `"headers"`):
+            `"none"`, `"headers"` or `"all"`; see [`clean_newsgroups_text`]. `"none"` returns `dataset` as is.
+        text_column (`str`, *optional*, defaults to `"text"`):
+            The column to clean, in place.
+        num_proc (`int`, *optional*):
+            Processes for `map`.
+
+    Returns:
+        The same type as `dataset`, with `text_column` cleaned.
+
+    Examples:
+
+    ```python
+    >>> import datasets
+    >>> from mbls_nlp.data import clean_newsgroups
+    >>> ds = datasets.Dataset.from_dict({"text": ["Subject: x\n\nbody"]})
+    >>> list(clean_newsgroups(ds, "all")["text"])
+    ['body']
+
+    ```
+    """
+    if mode not in NEWSGROUPS_CLEANUP_MODES:
+        raise ValueError(f"`mode` must be one of {NEWSGROUPS_CLEANUP_MODES}, got {mode!r}.")
+    columns = dataset.column_names
+    columns = next(iter(columns.values())) if isinstance(columns, dict) else columns
+    if text_column not in columns:
+        raise ValueError(f"`text_column` must be one of the columns {columns}, got {text_column!r}.")
+    if mode == "none":
+        return dataset
+
+    def _clean(batch):
+        return {text_column: [clean_newsgroups_text(text, mode) for text in batch[text_column]]}
+
+    return dataset.map(_clean, batched=True, num_proc=num_proc, desc=f"Cleaning 20 Newsgroups ({mode})")
+
+
+# --- Word-level tokenizer of the text CNN ----------------------------------------------------------------------
+# Keras' `Tokenizer` default `filters` (the reference fits one on the texts): each of these characters becomes a
+# word separator. The apostrophe is not among them, so "don't" stays one word.
+KERAS_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
+
+
+def train_word_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int = 20000,
+    max_length: int = 1000,
+    lowercase: bool = True,
+    min_frequency: int = 1,
+    truncation_side: str = "left",
+    pad_token: str = "[PAD]",
+    unk_token: str = "[UNK]",
+) -> PreTrainedTokenizerFast:
+    r"""
+    Train the word-level tokenizer of the paper's text CNN on `texts` with the `tokenizers` library.
+
+    It approximates the reference's Keras `Tokenizer(num_words=...)` and `pad_sequences(maxlen=1000)`
+    (by-liu/MbLS `calibrate/data/newsgroup.py`): lowercase, every character of Keras' default filters
+    (`KERAS_FILTERS`) turned into a separator, split on whitespace, the most frequent words kept. Differences:
+
+    - the vocabulary holds `pad_token` (id 0, like Keras' padding index) and `unk_token` (id 1), then the
+      `vocab_size - 2` most frequent words; Keras keeps `num_words - 1` words and *drops* unknown words, here they
+      become `unk_token`;
+    - Keras splits on spaces only, so other whitespace (`\r`, form feeds) stays inside its words; here any
+      whitespace separates words;
+    - ties in frequency are ordered by `tokenizers` (deterministic), not by first occurrence as in Keras;
+    - padding is on the right (the text CNN masks padding, so the side does not change its output); truncation
+      keeps the *last* `max_length` words by default, like Keras' `truncating="pre"`.
+
+    Use it with `padding="max_length"` or a `DataCollatorWithPadding` and `truncation=True`. Training is
+    deterministic: the same texts give the same vocabulary.
+
+    Args:
+        texts (`Iterable[str]`):
+            Training texts (iterated once).
+        vocab_size (`int`, *optional*, defaults to `20000`):
+            Size of the vocabulary, special tokens included (the text CNN's `config.vocab_size`).
+        max_length (`int`, *optional*, defaults to `1000`):
+            `model_max_length` of the tokenizer: the reference's `max_sequence_length`.
+        lowercase (`bool`, *optional*, defaults to `True`):
+            Lowercase before splitting (Keras' `lower=True`).
+        min_frequency (`int`, *optional*, defaults to `1`):
+            Minimum count for a word to enter the vocabulary.
+        truncation_side (`str`, *optional*, defaults to `"left"`):
+            `"left"` keeps the end of long texts (the reference), `"right"` their beginning.
+        pad_token (`str`, *optional*, defaults to `"[PAD]"`):
+            Padding token, id 0.
+        unk_token (`str`, *optional*, defaults to `"[UNK]"`):
+            Unknown-word token, id 1.
+
+    Returns:
+        `transformers.PreTrainedTokenizerFast`: saveable with `save_pretrained` and reloadable offline with
+        `AutoTokenizer.from_pretrained`; returns `input_ids` and `attention_mask`.
+
+    Examples:
+
+    ```python
+    >>> from mbls_nlp.data import train_word_tokenizer
+    >>> tok = train_word_tokenizer(["Don't panic.", "the cat, the dog!"], vocab_size=10, max_length=8)
+    >>> tok.convert_ids_to_tokens(tok("The DOG-don't bark")["input_ids"])
+    ['the', 'dog', "don't", '[UNK]']
+
+    ```
+    """
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 3:
+        raise ValueError(f"`vocab_size` must be an integer >= 3 (two special tokens and a word), got {vocab_size!r}.")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"`max_length` must be a positive integer, got {max_length!r}.")
+    if truncation_side not in ("left", "right"):
+        raise ValueError(f"`truncation_side` must be 'left' or 'right', got {truncation_side!r}.")
+    if isinstance(texts, str):
+        raise TypeError("`texts` must be an iterable of strings, not a single string.")
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token=unk_token))
+    steps = [normalizers.Lowercase()] if lowercase else []
+    # One character class of the filters; re.escape-like escaping for the few that are special inside [...].
+    char_class = "".join("\\" + c if c in "\\]^-[" else c for c in KERAS_FILTERS)
+    steps.append(normalizers.Replace(Regex(f"[{char_class}]"), " "))
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[pad_token, unk_token], show_progress=False
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=pad_token,
+        unk_token=unk_token,
+        model_max_length=max_length,
+        padding_side="right",
+        truncation_side=truncation_side,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def load_newsgroups(data_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> datasets.DatasetDict:
+    r"""
+    Load the shared 20 Newsgroups layout: `train.jsonl.gz` and `test.jsonl.gz` with `text`, `label`, `label_text`.
+
+    The `label` column becomes a `ClassLabel` whose names are the newsgroups (from `label_text`), so that
+    stratified splits work and `id2label` can be read from `features["label"].names`.
+
+    Args:
+        data_dir (`str` or `os.PathLike`):
+            Folder holding the two files (e.g. `shared/data/20newsgroups`).
+        cache_dir (`str` or `os.PathLike`, *optional*):
+            Arrow cache folder for `datasets`.
+
+    Returns:
+        `datasets.DatasetDict` with `"train"` and `"test"`, raw messages (clean them with [`clean_newsgroups`]).
+
+    Examples:
+
+    ```python
+    >>> from mbls_nlp.data import load_newsgroups
+    >>> ds = load_newsgroups("../shared/data/20newsgroups")  # doctest: +SKIP
+    >>> ds["train"].features["label"].names[0]  # doctest: +SKIP
+    'alt.atheism'
+
+    ```
+    """
+    data_dir = Path(data_dir)
+    ds = load_local_dataset(
+        train_file=data_dir / "train.jsonl.gz", test_file=data_dir / "test.jsonl.gz", cache_dir=cache_dir
+    )
+    pairs = set()
+    for split in ds.values():
+        pairs.update(zip(split["label"], split["label_text"]))
+    names = dict(sorted(pairs))
+    if len(names) != len(pairs) or sorted(names) != list(range(len(names))):
+        raise ValueError(f"`label` and `label_text` in {os.fspath(data_dir)!r} are not a consistent 0..n-1 mapping.")
+    return ds.cast_column("label", datasets.ClassLabel(names=list(names.values())))
+
+
+__all__ = [
+    "KERAS_FILTERS",
+    "NEWSGROUPS_CLEANUP_MODES",
+    "clean_newsgroups",
+    "clean_newsgroups_text",
+    "load_local_dataset",
+    "load_newsgroups",
+    "train_validation_split",
+    "train_word_tokenizer",
+]
