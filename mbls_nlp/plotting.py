@@ -45,8 +45,16 @@ def _draw(
         if not hasattr(ax, "figure") or not hasattr(ax, "bar"):
             raise TypeError(f"`ax` must be a matplotlib Axes or None, got {type(ax).__name__}.")
         fig, ax_rel = ax.figure, ax
-        # Split the caller's axes instead of adding a free-floating one, so the diagram stays where they put it.
-        ax_hist = make_axes_locatable(ax_rel).append_axes("bottom", size="33%", pad=0.1, sharex=ax_rel)
+        # Split the caller's axes rather than add a free-floating one, so the diagram stays where they put it and
+        # the caller's `ax` object stays valid. A grid cell is split with a sub-gridspec, which layout engines
+        # (constrained/tight) understand; free-standing axes (`fig.add_axes(rect)`) are split by a divider.
+        spec = ax.get_subplotspec()
+        if spec is not None:
+            cells = spec.subgridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
+            ax_rel.set_subplotspec(cells[0])
+            ax_hist = fig.add_subplot(cells[1], sharex=ax_rel)
+        else:
+            ax_hist = make_axes_locatable(ax_rel).append_axes("bottom", size="33%", pad=0.1, sharex=ax_rel)
         ax_rel.tick_params(labelbottom=False)
 
     lower, upper = bins["bin_lower"], bins["bin_upper"]
@@ -77,7 +85,9 @@ def _draw(
     ax_rel.set_xlim(0, 1)
     ax_rel.set_ylim(0, 1)
     ax_rel.set_ylabel("Accuracy")
-    ax_rel.legend(loc="upper left", title=f"ECE = {100 * ece:.2f}%", frameon=True)
+    # "best": no corner is free for every model (over-confident bars fill the lower right, under-confident
+    # ones the upper left).
+    ax_rel.legend(loc="best", title=f"ECE = {100 * ece:.2f}%", frameon=True)
     ax_rel.grid(True, linestyle=":", linewidth=0.5)
     if title is not None:
         ax_rel.set_title(title)

@@ -96,10 +96,26 @@ def test_draws_into_given_axes_with_probabilities():
     labels = rng.integers(0, 4, size=300)
     out = reliability_diagram(probs, labels, from_logits=False, n_bins=5, ax=ax)
     assert out is fig
-    assert len(fig.axes) == 2  # the caller's axes plus the histogram strip split off it
-    assert [b.get_height() for b in fig.axes[1].containers[0]] == reliability_bins(
-        probs, labels, from_logits=False, n_bins=5
-    )["count"]
+    assert len(fig.axes) == 2  # the caller's axes (still the same object) plus the histogram split off its cell
+    assert fig.axes[0] is ax
+    counts = reliability_bins(probs, labels, from_logits=False, n_bins=5)["count"]
+    assert [b.get_height() for b in fig.axes[1].containers[0]] == counts
+    fig.draw_without_rendering()
+    top, bottom = ax.get_position(), fig.axes[1].get_position()
+    # Under the diagram, inside the caller's right-hand cell, inside the figure.
+    assert 0 <= bottom.y0 < bottom.y1 <= top.y0
+    assert bottom.x0 == pytest.approx(top.x0) and top.x0 > 0.5
+
+
+def test_draws_into_free_standing_axes():
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    ax = fig.add_axes((0.1, 0.4, 0.8, 0.5))  # no grid cell: the axes is split by a divider instead
+    logits, labels = _over_confident(n=200)
+    reliability_diagram(logits, labels, ax=ax)
+    fig.draw_without_rendering()
+    assert len(fig.axes) == 2 and fig.axes[1].get_position().y1 <= ax.get_position().y0
 
 
 def test_bad_arguments():
