@@ -35,6 +35,15 @@ class TextCNNPreTrainedModel(PreTrainedModel):
     # by the gradient-accumulation steps itself (transformers 5.x `Trainer.compute_loss` contract).
     accepts_loss_kwargs = False
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Loading materialises fresh parameters (requires_grad=True), so the freeze recorded in the config is
+        # re-applied here; AutoModel*.from_pretrained dispatches to this method too.
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.get_input_embeddings().weight.requires_grad_(not model.config.freeze_embeddings)
+        return loaded
+
     def _init_weights(self, module):
         # PyTorch's defaults, which the reference relies on (it never initialises explicitly). The
         # `transformers.initialization` functions skip parameters already loaded by `from_pretrained`.
@@ -108,7 +117,11 @@ class TextCNNModel(TextCNNPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         config = self.config
         pool = config.pool_size if config.pool_size > 1 else 0
-        hidden = self.embed_tokens(input_ids).transpose(1, 2)  # (batch, embedding_dim, length) for Conv1d
+        hidden = self.embed_tokens(input_ids)
+        if config.freeze_embeddings:
+            # Like the reference's `torch.no_grad()` around its GloVe lookup: frozen even if requires_grad was reset.
+            hidden = hidden.detach()
+        hidden = hidden.transpose(1, 2)  # (batch, embedding_dim, length) for Conv1d
 
         if not config.mask_padding:
             # The reference computation, literally: "valid" convolutions over every position, padding included.
