@@ -64,9 +64,11 @@ def _flatten_valid(logits: Any, labels: Any, ignore_index: int) -> tuple[torch.T
             f"dim 1), got {tuple(labels.shape)}."
         )
     num_classes = logits.shape[1]
+    if logits.device.type == "mps":  # MPS has no float64; the fit is a one-parameter problem, CPU is fine
+        logits = logits.cpu()
     # (N, C, d1, ...) -> (N * d1 * ..., C): classes on dim 1 as in torch.nn.CrossEntropyLoss.
     flat_logits = logits.movedim(1, -1).reshape(-1, num_classes).to(torch.float64)
-    flat_labels = labels.reshape(-1).to(torch.int64)
+    flat_labels = labels.reshape(-1).to(device=flat_logits.device, dtype=torch.int64)
     keep = flat_labels != ignore_index
     flat_logits, flat_labels = flat_logits[keep], flat_labels[keep]
     if flat_labels.numel() == 0 or num_classes == 0:
@@ -106,6 +108,7 @@ class TemperatureScaler(nn.Module):
     tensor([[ 1., -2.]])
     >>> TemperatureScaler.from_dict(scaler.to_dict()).temperature
     2.0
+
     ```
     """
 
@@ -179,7 +182,7 @@ class TemperatureScaler(nn.Module):
         # Optimise log T: T stays positive without constraints, and the NLL is far better conditioned in log T
         # than in T (T in [0.05, 20] is [-3, 3] in log T), so one L-BFGS run from T = 1 reaches either end.
         # The NLL is convex in 1/T, so it is unimodal in log T and the strong-Wolfe line search cannot be trapped.
-        log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        log_t = torch.zeros((), dtype=torch.float64, device=logits.device, requires_grad=True)
         optimizer = torch.optim.LBFGS(
             [log_t],
             lr=1.0,

@@ -73,10 +73,10 @@ def test_equals_calibration_report(metric, dtype, n_bins):
     assert set(got) == set(METRIC_NAMES)
     _assert_same_report(got, expected)
     if dtype == np.float32:
-        # calibration_report on the float32 array itself may round element-wise products in float32; its
-        # float64 accumulation keeps it within 1e-9 of the float64 result.
+        # calibration_report on the float32 array itself may do element-wise work in float32 (e.g. p * p for
+        # Brier); its float64 accumulation keeps it within float32-rounding noise of the float64 result.
         same_data_f32 = calibration_report(probs, labels, n_bins=n_bins, from_logits=False)
-        assert all(abs(got[name] - same_data_f32[name]) < 1e-9 for name in METRIC_NAMES)
+        assert all(abs(got[name] - same_data_f32[name]) < 1e-8 for name in METRIC_NAMES)
 
 
 def test_accepts_numpy_and_torch_inputs(metric):

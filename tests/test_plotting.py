@@ -1,3 +1,4 @@
+import doctest
 import json
 import struct
 import subprocess
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import mbls_nlp.plotting
 from mbls_nlp.calibration import expected_calibration_error, reliability_bins
 from mbls_nlp.plotting import reliability_diagram, save_reliability_diagram
 
@@ -140,3 +142,8 @@ def test_missing_matplotlib_gives_install_hint(monkeypatch, tmp_path):
     with pytest.raises(ImportError, match=r'pip install "mbls-nlp\[plot\]"'):
         save_reliability_diagram(tmp_path / "r.png", logits, labels)
     assert not (tmp_path / "r.png").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_docstring_examples_run():
+    results = doctest.testmod(mbls_nlp.plotting, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert results.attempted >= 3 and results.failed == 0

@@ -1,3 +1,4 @@
+import doctest
 import json
 import math
 
@@ -5,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import mbls_nlp.temperature
 from mbls_nlp.temperature import FIT_METHODS, TemperatureScaler
 
 
@@ -83,7 +85,7 @@ def test_ece_grid_fit_recovers_known_temperature():
 
 @pytest.mark.parametrize("method", FIT_METHODS)
 def test_calibrated_logits_give_temperature_one(method):
-    z, labels = _calibrated(n=50000, seed=3)
+    z, labels = _calibrated(n=20000, seed=3)
     t = TemperatureScaler(temperature=7.0).fit(z, labels, method=method).temperature
     assert t == pytest.approx(1.0, abs=0.05 if method == "nll" else 0.1 + 1e-12)
 
@@ -186,6 +188,21 @@ def test_serialisation_round_trips():
     assert f"temperature={scaler.temperature}" in repr(scaler)
     with pytest.raises(ValueError, match="config"):
         TemperatureScaler.from_dict({"t": 2.0})
+
+
+def test_docstring_examples_run():
+    results = doctest.testmod(mbls_nlp.temperature, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert results.attempted >= 4 and results.failed == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", FIT_METHODS)
+def test_fit_on_cuda_matches_cpu(method):
+    z, labels = _calibrated(n=4000, seed=9)
+    logits = (2.0 * z).float()
+    cpu = TemperatureScaler().fit(logits, labels, method=method).temperature
+    cuda = TemperatureScaler().fit(logits.cuda(), labels.cuda(), method=method).temperature
+    assert cuda == pytest.approx(cpu, rel=1e-6)
 
 
 def test_temperature_setter_validates():
