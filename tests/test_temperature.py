@@ -77,6 +77,18 @@ def test_nll_fit_reaches_a_stationary_point():
     assert nll < _nll64(logits / (t * 0.99), labels)
 
 
+@pytest.mark.parametrize("true_t", [0.2, 2.5])
+def test_nll_fit_equals_scipy_bounded_minimiser(true_t):
+    # Peer: scipy's bounded Brent search over log T on the numpy float64 NLL above (no autograd, no L-BFGS).
+    optimize = pytest.importorskip("scipy.optimize")
+    z, labels = _calibrated(n=5000, c=5, seed=10)
+    logits = (true_t * z).numpy()
+    res = optimize.minimize_scalar(
+        lambda s: _nll64(logits / np.exp(s), labels), bounds=(-5, 5), method="bounded", options={"xatol": 1e-10}
+    )
+    assert TemperatureScaler().fit(logits, labels.numpy()).temperature == pytest.approx(np.exp(res.x), rel=1e-6)
+
+
 def test_ece_grid_fit_recovers_known_temperature():
     z, labels = _calibrated(n=50000, seed=2)
     scaler = TemperatureScaler().fit(3.0 * z, labels, method="ece_grid")
