@@ -3,6 +3,24 @@
 import os
 from importlib.metadata import PackageNotFoundError, version
 
+from .calibration import (
+    METRIC_NAMES,
+    accuracy,
+    adaptive_calibration_error,
+    brier_score,
+    calibration_report,
+    classwise_calibration_error,
+    expected_calibration_error,
+    maximum_calibration_error,
+    negative_log_likelihood,
+    reliability_bins,
+)
+from .calibration_config import CalibrationConfig
+from .calibration_trainer import CalibrationTrainer
+from .loss_adapter import LossAdapter
+from .losses import LOSS_NAMES, CalibrationLoss, MarginLoss, build_loss
+from .temperature import TemperatureScaler
+
 try:
     __version__ = version("mbls-nlp")
 except PackageNotFoundError:  # running from a source tree that was never installed
@@ -11,4 +29,25 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 #: Absolute path of the `evaluate` metric module: ``evaluate.load(ECE_METRIC_PATH)`` works offline.
 ECE_METRIC_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metrics", "ece")
 
-__all__ = ["ECE_METRIC_PATH", "__version__"]
+__all__ = [
+    "ECE_METRIC_PATH",
+    "LOSS_NAMES",
+    "METRIC_NAMES",
+    "CalibrationConfig",
+    "CalibrationLoss",
+    "CalibrationTrainer",
+    "LossAdapter",
+    "MarginLoss",
+    "TemperatureScaler",
+    "__version__",
+    "accuracy",
+    "adaptive_calibration_error",
+    "brier_score",
+    "build_loss",
+    "calibration_report",
+    "classwise_calibration_error",
+    "expected_calibration_error",
+    "maximum_calibration_error",
+    "negative_log_likelihood",
+    "reliability_bins",
+]

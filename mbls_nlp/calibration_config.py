@@ -1,0 +1,144 @@
+"""`CalibrationConfig`: `TrainingArguments` plus the calibration loss and metric settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from .losses import LOSS_NAMES, build_loss
+
+__all__ = ["CalibrationConfig"]
+
+ALPHA_SCHEDULES = ("", "add", "multiply", "step")
+TEMPERATURE_METHODS = ("nll", "ece_grid")
+
+
+@dataclass
+class CalibrationConfig(TrainingArguments):
+    r"""
+    Configuration for [`CalibrationTrainer`]: every `transformers.TrainingArguments` field plus the calibration loss,
+    its hyper-parameters (paper defaults) and the calibration metrics reported at evaluation.
+
+    Being a `TrainingArguments` subclass, it works with `HfArgumentParser` and `accelerate launch` unchanged. Values
+    are checked in `__post_init__`, before any model is loaded.
+
+    Parameters:
+        loss_type (`str`, *optional*, defaults to `"mbls"`):
+            Training loss, one of `mbls_nlp.losses.LOSS_NAMES`: `ce`, `ls`, `focal`, `flsd`, `ecp`, `mmce`, `brier`,
+            `mbls`.
+        margin (`float`, *optional*, defaults to `10.0`):
+            MbLS margin on the logit distances `max_j z_j - z_k`.
+        alpha (`float`, *optional*, defaults to `0.1`):
+            MbLS weight of the margin penalty.
+        alpha_schedule (`str`, *optional*, defaults to `""`):
+            MbLS schedule of `alpha` applied at the end of each epoch: `""` (constant), `"add"`, `"multiply"`,
+            `"step"`, as in the reference code.
+        alpha_mu (`float`, *optional*, defaults to `0.0`):
+            Increment (`add`) or factor (`multiply`, `step`) of the alpha schedule.
+        alpha_max (`float`, *optional*, defaults to `100.0`):
+            Upper bound of `alpha` under the `add` and `multiply` schedules.
+        alpha_step_size (`int`, *optional*, defaults to `100`):
+            Epoch period of the `step` schedule.
+        ls_epsilon (`float`, *optional*, defaults to `0.05`):
+            Label-smoothing epsilon for `loss_type="ls"`.
+        focal_gamma (`float`, *optional*, defaults to `3.0`):
+            Focal-loss gamma for `loss_type="focal"`.
+        ecp_beta (`float`, *optional*, defaults to `0.1`):
+            Confidence-penalty weight for `loss_type="ecp"`.
+        mmce_weight (`float`, *optional*, defaults to `1.0`):
+            MMCE weight for `loss_type="mmce"`.
+        loss_ignore_index (`int`, *optional*, defaults to `-100`):
+            Label value excluded from the loss and the calibration metrics (255 for PASCAL VOC).
+        calibration_metrics (`bool`, *optional*, defaults to `True`):
+            Report accuracy, ECE, AECE, CECE, MCE, NLL and Brier score in every evaluation and prediction.
+        calibration_n_bins (`int`, *optional*, defaults to `15`):
+            Number of bins of the binned calibration errors.
+        temperature_method (`str`, *optional*, defaults to `"nll"`):
+            How `CalibrationTrainer.fit_temperature` chooses the temperature: `"nll"` (minimise NLL) or
+            `"ece_grid"` (the paper's grid 0.1 ... 10.0 by lowest ECE).
+        save_reliability_diagrams (`bool`, *optional*, defaults to `False`):
+            Write a reliability diagram (PNG) and its bin table (JSON) to `output_dir` at every evaluation and
+            prediction (needs the `plot` extra).
+    """
+
+    loss_type: str = field(
+        default="mbls", metadata={"help": f"Training loss, one of {', '.join(LOSS_NAMES)}.", "choices": LOSS_NAMES}
+    )
+    margin: float = field(default=10.0, metadata={"help": "MbLS margin on the logit distances max_j z_j - z_k."})
+    alpha: float = field(default=0.1, metadata={"help": "MbLS weight of the margin penalty."})
+    alpha_schedule: str = field(
+        default="",
+        metadata={
+            "help": "MbLS alpha schedule applied at each epoch end: '' (constant), 'add', 'multiply' or 'step'.",
+            "choices": ALPHA_SCHEDULES,
+        },
+    )
+    alpha_mu: float = field(
+        default=0.0, metadata={"help": "Increment ('add') or factor ('multiply', 'step') of the alpha schedule."}
+    )
+    alpha_max: float = field(default=100.0, metadata={"help": "Upper bound of alpha for 'add' and 'multiply'."})
+    alpha_step_size: int = field(default=100, metadata={"help": "Epoch period of the 'step' alpha schedule."})
+    ls_epsilon: float = field(default=0.05, metadata={"help": "Label-smoothing epsilon for loss_type='ls'."})
+    focal_gamma: float = field(default=3.0, metadata={"help": "Focal-loss gamma for loss_type='focal'."})
+    ecp_beta: float = field(default=0.1, metadata={"help": "Confidence-penalty weight for loss_type='ecp'."})
+    mmce_weight: float = field(default=1.0, metadata={"help": "MMCE weight for loss_type='mmce'."})
+    loss_ignore_index: int = field(
+        default=-100, metadata={"help": "Label value excluded from the loss and the metrics (255 for PASCAL VOC)."}
+    )
+    calibration_metrics: bool = field(
+        default=True, metadata={"help": "Report accuracy, ECE, AECE, CECE, MCE, NLL and Brier in every evaluation."}
+    )
+    calibration_n_bins: int = field(default=15, metadata={"help": "Number of bins of the binned calibration errors."})
+    temperature_method: str = field(
+        default="nll",
+        metadata={
+            "help": "How fit_temperature chooses T: 'nll' (minimise NLL) or 'ece_grid' (grid 0.1..10 by lowest ECE).",
+            "choices": TEMPERATURE_METHODS,
+        },
+    )
+    save_reliability_diagrams: bool = field(
+        default=False,
+        metadata={"help": "Write reliability diagrams (PNG) and bin tables (JSON) to output_dir at each evaluation."},
+    )
+
+    def __post_init__(self):
+        if self.alpha_schedule not in ALPHA_SCHEDULES:
+            raise ValueError(f"`alpha_schedule` must be one of {ALPHA_SCHEDULES}, got {self.alpha_schedule!r}.")
+        if self.temperature_method not in TEMPERATURE_METHODS:
+            raise ValueError(
+                f"`temperature_method` must be one of {TEMPERATURE_METHODS}, got {self.temperature_method!r}."
+            )
+        if isinstance(self.calibration_n_bins, bool) or not isinstance(self.calibration_n_bins, int):
+            raise TypeError(f"`calibration_n_bins` must be an int >= 1, got {self.calibration_n_bins!r}.")
+        if self.calibration_n_bins < 1:
+            raise ValueError(f"`calibration_n_bins` must be >= 1, got {self.calibration_n_bins}.")
+        if getattr(self, "label_smoothing_factor", 0.0):
+            # Trainer would build its own label smoother beside our loss; there is one place for the loss.
+            raise ValueError(
+                "`label_smoothing_factor` is not used by CalibrationTrainer: set `loss_type='ls'` and `ls_epsilon` "
+                f"instead (got label_smoothing_factor={self.label_smoothing_factor})."
+            )
+        # The loss validates its own hyper-parameters (unknown name, negative margin, ...): build it once here so that
+        # a bad value fails before any model is loaded, with the loss's own message.
+        build_loss(self.loss_type, **self.loss_kwargs())
+        super().__post_init__()
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `mbls_nlp.build_loss(self.loss_type, ...)` for the configured loss."""
+        per_loss = {
+            "mbls": {
+                "margin": self.margin,
+                "alpha": self.alpha,
+                "schedule": self.alpha_schedule,
+                "mu": self.alpha_mu,
+                "max_alpha": self.alpha_max,
+                "step_size": self.alpha_step_size,
+            },
+            "ls": {"epsilon": self.ls_epsilon},
+            "focal": {"gamma": self.focal_gamma},
+            "ecp": {"beta": self.ecp_beta},
+            "mmce": {"weight": self.mmce_weight},
+        }
+        return {"ignore_index": self.loss_ignore_index, **per_loss.get(self.loss_type, {})}
