@@ -151,7 +151,8 @@ class TemperatureScaler(nn.Module):
                 Integer class indices in `[0, C)`, or `ignore_index`.
             method (`str`, *optional*, defaults to `"nll"`):
                 `"nll"` minimises the mean negative log-likelihood of `softmax(logits / T)` with L-BFGS on `log T`
-                in float64, starting from `T = 1` (Guo et al., 2017). `"ece_grid"` is the MbLS paper's procedure:
+                in float64, starting from `T = 1` (Guo et al., 2017); if every position is right with a huge margin
+                the NLL has no minimum and its gradient vanishes, so `T` stays near 1. `"ece_grid"` is the MbLS paper's procedure:
                 evaluate the ECE (`n_bins` equal-width bins) at every `T` of `grid` and keep the lowest; ties go
                 to the first (smallest index) grid point.
             ignore_index (`int`, *optional*, defaults to `-100`):
