@@ -1,0 +1,597 @@
+"""Calibration losses as standalone `torch.nn.Module`s (pure torch, usable from any training loop).
+
+Every loss follows the conventions of `torch.nn.CrossEntropyLoss`: logits `(N, C)` or `(N, C, d1, d2, ...)` with the
+classes on dim 1, integer labels `(N,)` or `(N, d1, d2, ...)`, positions labelled `ignore_index` excluded from every
+term (for any `ignore_index`, negative included), and `reduction` in `"mean" | "sum" | "none"`.
+
+Unlike `torch.nn.CrossEntropyLoss`, a batch where every label is ignored gives a zero loss (never NaN) that still
+backpropagates (zero gradients).
+
+Every forward also stores its parts in `last_parts` (detached, same reduction as the returned loss) so a trainer can
+log them without computing anything twice; `loss == sum(part_weights[k] * last_parts[k])`.
+
+Reference code: github.com/by-liu/MbLS (`calibrate/losses`), paper "The Devil is in the Margin: Margin-based Label
+Smoothing for Network Calibration" (Liu et al., CVPR 2022).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "LOSS_NAMES",
+    "CalibrationLoss",
+    "CrossEntropyLoss",
+    "LabelSmoothingLoss",
+    "FocalLoss",
+    "FLSDLoss",
+    "ConfidencePenaltyLoss",
+    "MMCELoss",
+    "BrierLoss",
+    "MarginLoss",
+    "build_loss",
+]
+
+LOSS_NAMES: tuple[str, ...] = ("ce", "ls", "focal", "flsd", "ecp", "mmce", "brier", "mbls")
+_REDUCTIONS = ("mean", "sum", "none")
+_SCHEDULES = ("", "add", "multiply", "step")
+# Rows are processed in blocks of about this many elements (1 MiB of float32) so that the several elementwise passes
+# of the fused MbLS kernel hit the L2 cache instead of main memory (issue 5: each eager op is one pass over memory).
+_BLOCK_ELEMENTS = 1 << 18
+
+
+def _check_non_negative(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a real number >= 0, got {type(value).__name__}.")
+    value = float(value)
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"`{name}` must be >= 0, got {value}.")
+    return value
+
+
+def _check_finite_non_negative(name: str, value: float) -> float:
+    value = _check_non_negative(name, value)
+    if math.isinf(value):
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {value}.")
+    return value
+
+
+def _flatten_inputs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int):
+    """Validates `logits`/`labels` and returns `(z, y, valid, n_valid)` with `z` `(M, C)` and `y`, `valid` `(M,)`.
+
+    All value checks are fused into a single host synchronisation (one `.tolist()`), so the cost is one extra read
+    of the logits (`isfinite`) and one of the labels; `benchmarks/bench_loss.py` measures it.
+    """
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        got = logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise TypeError(f"`logits` must be a floating point tensor, got {got}.")
+    if (
+        not isinstance(labels, torch.Tensor)
+        or labels.is_floating_point()
+        or labels.is_complex()
+        or labels.dtype == torch.bool
+    ):
+        got = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise TypeError(f"`labels` must be an integer tensor (e.g. torch.long), got {got}.")
+    if logits.dim() < 2:
+        raise ValueError(f"`logits` must have shape (N, C) or (N, C, d1, ...), got {tuple(logits.shape)}.")
+    expected = (logits.shape[0], *logits.shape[2:])
+    if tuple(labels.shape) != expected:
+        raise ValueError(
+            f"`labels` shape {tuple(labels.shape)} does not match `logits` shape {tuple(logits.shape)}: "
+            f"expected {expected} (logits without the class dim 1)."
+        )
+    num_classes = logits.shape[1]
+    if num_classes < 1:
+        raise ValueError(f"`logits` must have at least one class on dim 1, got shape {tuple(logits.shape)}.")
+    # Classes last, one row per position: (N, C, d1, ...) -> (N * d1 * ..., C); a copy only for dense inputs.
+    z = logits if logits.dim() == 2 else logits.movedim(1, -1).reshape(-1, num_classes)
+    y = labels.reshape(-1).long()
+    valid = y != ignore_index
+    out_of_range = valid & ((y < 0) | (y >= num_classes))
+    # A NaN or inf anywhere makes the sum non-finite; the sum is one read-only pass, where `isfinite(z).all()` also
+    # writes a bool tensor as large as the logits. Only a non-finite sum (or a float overflow of a huge but finite
+    # batch) pays for the exact check.
+    non_finite, bad_labels, n_valid = torch.stack([~torch.isfinite(z.sum()), out_of_range.any(), valid.sum()]).tolist()
+    if non_finite and not bool(torch.isfinite(z).all()):
+        raise ValueError("`logits` must be finite: found NaN or inf.")
+    if bad_labels:
+        raise ValueError(
+            f"`labels` must be in [0, {num_classes}) or equal to ignore_index={ignore_index}; "
+            f"found {sorted(set(y[out_of_range].tolist()))[:10]}."
+        )
+    return z, y, valid, int(n_valid)
+
+
+class CalibrationLoss(nn.Module):
+    """Common base of the calibration losses.
+
+    Subclasses implement `_per_position(z, y)` on the valid rows (`z` `(n, C)`, `y` `(n,)`) and return a dict of
+    per-position parts; the base class validates, flattens, drops ignored positions and reduces.
+
+    Args:
+        ignore_index (`int`, *optional*, defaults to `-100`):
+            Label value whose positions are excluded from every term of the loss.
+        reduction (`str`, *optional*, defaults to `"mean"`):
+            `"mean"` (over valid positions), `"sum"` (equals `"mean"` times the number of valid positions) or
+            `"none"` (one value per position, shaped like `labels`, `0` at ignored positions).
+
+    Attributes:
+        part_names (`tuple[str, ...]`): names of the loss parts (class attribute).
+        part_weights (`dict[str, float]`): current weights with `loss == sum(part_weights[k] * last_parts[k])`.
+        last_parts (`dict[str, torch.Tensor]`): detached parts of the last forward, same reduction as the loss.
+    """
+
+    part_names: tuple[str, ...] = ()
+
+    def __init__(self, *, ignore_index: int = -100, reduction: str = "mean"):
+        super().__init__()
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise TypeError(f"`ignore_index` must be an int, got {type(ignore_index).__name__}.")
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.last_parts: dict[str, torch.Tensor] = {}
+
+    @property
+    def part_weights(self) -> dict[str, float]:
+        return {name: 1.0 for name in self.part_names}
+
+    def _per_position(self, z: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _reduce(self, values: torch.Tensor, valid: torch.Tensor, n_valid: int, labels_shape) -> torch.Tensor:
+        if self.reduction == "none":
+            if n_valid == valid.numel():
+                return values.reshape(labels_shape)
+            out = values.new_zeros(valid.shape).masked_scatter(valid, values)
+            return out.reshape(labels_shape)
+        total = values.sum()
+        return total / n_valid if self.reduction == "mean" else total
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Computes the loss.
+
+        Args:
+            logits (`torch.Tensor` of shape `(N, C)` or `(N, C, d1, ...)`): unnormalised scores, classes on dim 1.
+            labels (`torch.Tensor` of shape `(N,)` or `(N, d1, ...)`): integer labels in `[0, C)` or `ignore_index`.
+
+        Returns:
+            `torch.Tensor`: a scalar for `"mean"`/`"sum"`, a tensor shaped like `labels` for `"none"`.
+        """
+        z, y, valid, n_valid = _flatten_inputs(logits, labels, self.ignore_index)
+        if n_valid == 0:
+            # Zero that still backpropagates (zero gradients) instead of the 0/0 NaN of torch's mean.
+            zero = logits.sum() * 0.0 if self.reduction != "none" else (logits * 0.0).sum(1)
+            self.last_parts = {name: zero.detach().clone() for name in self.part_names}
+            return zero
+        if n_valid != y.numel():
+            keep = valid.nonzero().squeeze(1)
+            z, y = z.index_select(0, keep), y.index_select(0, keep)
+        parts = self._per_position(z, y)
+        weights = self.part_weights
+        loss = None
+        for name in self.part_names:
+            term = parts[name] if weights[name] == 1.0 else weights[name] * parts[name]
+            loss = term if loss is None else loss + term
+        with torch.no_grad():
+            self.last_parts = {
+                name: self._reduce(parts[name].detach(), valid, n_valid, labels.shape) for name in self.part_names
+            }
+        return self._reduce(loss, valid, n_valid, labels.shape)
+
+    def extra_repr(self) -> str:
+        return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+
+
+class CrossEntropyLoss(CalibrationLoss):
+    """Cross-entropy (`"ce"`), the same value as `torch.nn.functional.cross_entropy`. Parts: `("ce",)`.
+
+    Examples:
+
+    >>> import torch
+    >>> from mbls_nlp.losses import CrossEntropyLoss
+    >>> loss = CrossEntropyLoss()(torch.zeros(2, 4), torch.tensor([0, 3]))
+    >>> round(loss.item(), 4)  # log(4)
+    1.3863
+    """
+
+    part_names = ("ce",)
+
+    def _per_position(self, z, y):
+        return {"ce": F.cross_entropy(z, y, reduction="none")}
+
+
+class LabelSmoothingLoss(CalibrationLoss):
+    """Label smoothing (`"ls"`): `(1 - epsilon) * CE + epsilon * mean_k(-log p_k)`.
+
+    This is the reference's `LabelSmoothingCrossEntropy` and equals
+    `torch.nn.functional.cross_entropy(..., label_smoothing=epsilon)` (whose target is `(1 - eps) * onehot + eps / C`).
+    Parts: `("ce", "smooth")` with weights `(1 - epsilon, epsilon)`, `smooth = mean_k(-log p_k)`.
+
+    Args:
+        epsilon (`float`, *optional*, defaults to `0.05`): smoothing factor in `[0, 1)`.
+        ignore_index, reduction: see [`CalibrationLoss`].
+    """
+
+    part_names = ("ce", "smooth")
+
+    def __init__(self, epsilon: float = 0.05, *, ignore_index: int = -100, reduction: str = "mean"):
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
+        epsilon = _check_non_negative("epsilon", epsilon)
+        if epsilon >= 1:
+            raise ValueError(f"`epsilon` must be in [0, 1), got {epsilon}.")
+        self.epsilon = epsilon
+
+    @property
+    def part_weights(self):
+        return {"ce": 1.0 - self.epsilon, "smooth": self.epsilon}
+
+    def _per_position(self, z, y):
+        logp = F.log_softmax(z, dim=1)
+        return {"ce": -logp.gather(1, y[:, None]).squeeze(1), "smooth": -logp.mean(dim=1)}
+
+    def extra_repr(self):
+        return f"epsilon={self.epsilon}, " + super().extra_repr()
+
+
+def _focal(z: torch.Tensor, y: torch.Tensor, gamma) -> torch.Tensor:
+    logpt = F.log_softmax(z, dim=1).gather(1, y[:, None]).squeeze(1)
+    # (1 - p)^gamma with p = exp(logpt); -expm1 keeps precision for p close to 1.
+    return -((-torch.expm1(logpt)) ** gamma) * logpt
+
+
+class FocalLoss(CalibrationLoss):
+    """Focal loss (`"focal"`, Lin et al. 2017): `-(1 - p_y)^gamma * log p_y`. Parts: `("focal",)`.
+
+    The reference averages over valid positions (`size_average: True` in its config), as `reduction="mean"` does.
+
+    Args:
+        gamma (`float`, *optional*, defaults to `3.0`): focusing parameter `>= 0`; `0` is cross-entropy.
+        ignore_index, reduction: see [`CalibrationLoss`].
+    """
+
+    part_names = ("focal",)
+
+    def __init__(self, gamma: float = 3.0, *, ignore_index: int = -100, reduction: str = "mean"):
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
+        self.gamma = _check_finite_non_negative("gamma", gamma)
+
+    def _per_position(self, z, y):
+        return {"focal": _focal(z, y, self.gamma)}
+
+    def extra_repr(self):
+        return f"gamma={self.gamma}, " + super().extra_repr()
+
+
+class FLSDLoss(CalibrationLoss):
+    """Sample-dependent focal loss FLSD-53 (`"flsd"`, Mukhoti et al. 2020). Parts: `("flsd",)`.
+
+    `gamma = 5` for positions with `p_y < 0.2`, else `gamma = 3` (the reference's `FocalLossAdaptive` with gamma 3:
+    3 for `p_y >= 0.5`, 3 for `0.2 <= p_y < 0.5`). Gamma is chosen without gradient, as in the reference.
+
+    Args:
+        ignore_index, reduction: see [`CalibrationLoss`].
+    """
+
+    part_names = ("flsd",)
+    threshold = 0.2
+    gamma_low, gamma_high = 5.0, 3.0
+
+    def _per_position(self, z, y):
+        with torch.no_grad():
+            p_y = F.softmax(z, dim=1).gather(1, y[:, None]).squeeze(1)
+            gamma = torch.where(p_y < self.threshold, self.gamma_low, self.gamma_high).to(z.dtype)
+        return {"flsd": _focal(z, y, gamma)}
+
+
+class ConfidencePenaltyLoss(CalibrationLoss):
+    """Confidence penalty (`"ecp"`, Pereyra et al. 2017): `CE - beta * entropy`, as the reference's `PenaltyEntropy`.
+
+    Parts: `("ce", "entropy")` with weights `(1, -beta)`. Like the reference, `entropy` is the mean over positions
+    **and classes** of `-p_k log p_k`, i.e. the Shannon entropy divided by `C`, so `beta` has the reference's scale.
+    Unlike the reference we do not clamp `p` to `[1e-8, 1 - 1e-8]`: `p * log p` is computed from `log_softmax`,
+    which is exact where the clamp would zero the gradient.
+
+    Args:
+        beta (`float`, *optional*, defaults to `0.1`): weight of the entropy penalty, `>= 0`.
+        ignore_index, reduction: see [`CalibrationLoss`].
+    """
+
+    part_names = ("ce", "entropy")
+
+    def __init__(self, beta: float = 0.1, *, ignore_index: int = -100, reduction: str = "mean"):
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
+        self.beta = _check_finite_non_negative("beta", beta)
+
+    @property
+    def part_weights(self):
+        return {"ce": 1.0, "entropy": -self.beta}
+
+    def _per_position(self, z, y):
+        logp = F.log_softmax(z, dim=1)
+        ce = -logp.gather(1, y[:, None]).squeeze(1)
+        return {"ce": ce, "entropy": -(logp.exp() * logp).mean(dim=1)}
+
+    def extra_repr(self):
+        return f"beta={self.beta}, " + super().extra_repr()
+
+
+class MMCELoss(CalibrationLoss):
+    """CE + weight * MMCE (`"mmce"`, Kumar et al. 2018), as the reference's `MMCE` (MMCE_m, without square root).
+
+    With `r_i` the top-label confidence, `c_i = 1[argmax = y_i]` and `k(a, b) = exp(-|a - b| / 0.4)`, the batch term is
+    `T = sum_ij (c_i - r_i)(c_j - r_j) k(r_i, r_j) / n^2` over the `n` valid positions. Parts: `("ce", "mmce")` with
+    weights `(1, weight)`.
+
+    **Batch-level term under each reduction.** `T` is split over positions as
+    `mmce_i = (c_i - r_i) * sum_j (c_j - r_j) k(r_i, r_j) / n`, whose mean is `T`. So `"mean"` gives
+    `mean(ce) + weight * T` (the reference), `"none"` gives `ce_i + weight * mmce_i`, and `"sum"` gives
+    `n * (mean(ce) + weight * T)` = `"mean"` times `n`. Summing `"sum"` over gradient-accumulation micro-batches
+    and dividing by the total count therefore weights each micro-batch's own `T` by its size; it is not the `T` of
+    the union batch (no per-sample loss can be).
+
+    The double sum is computed in `O(n log n)` time and `O(n)` memory by sorting the confidences (for `r_i >= r_j`,
+    `k = exp(-r_i / 0.4) exp(r_j / 0.4)`, factors within `exp(+-2.5)`), instead of the reference's `n x n` matrix, so
+    segmentation-sized batches fit in memory.
+
+    Args:
+        weight (`float`, *optional*, defaults to `1.0`): weight of the MMCE term (the reference's `lamda`), `>= 0`.
+        ignore_index, reduction: see [`CalibrationLoss`].
+    """
+
+    part_names = ("ce", "mmce")
+    bandwidth = 0.4
+
+    def __init__(self, weight: float = 1.0, *, ignore_index: int = -100, reduction: str = "mean"):
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
+        self.weight = _check_finite_non_negative("weight", weight)
+
+    @property
+    def part_weights(self):
+        return {"ce": 1.0, "mmce": self.weight}
+
+    def _per_position(self, z, y):
+        logp = F.log_softmax(z, dim=1)
+        ce = -logp.gather(1, y[:, None]).squeeze(1)
+        top_logp, pred = logp.max(dim=1)
+        r = top_logp.exp()
+        a = (pred == y).to(z.dtype) - r
+        order = torch.argsort(r.detach())
+        r_s, a_s = r[order], a[order]
+        up, down = torch.exp(r_s / self.bandwidth), torch.exp(-r_s / self.bandwidth)
+        # s_i = sum_j a_j k(r_i, r_j) = down_i * sum_{j <= i} a_j up_j + up_i * sum_{j > i} a_j down_j (sorted order).
+        below = torch.cumsum(a_s * up, 0)
+        ad = a_s * down
+        above = ad.sum() - torch.cumsum(ad, 0)
+        s_sorted = down * below + up * above
+        s = torch.empty_like(s_sorted).scatter(0, order, s_sorted)
+        return {"ce": ce, "mmce": a * s / z.shape[0]}
+
+    def extra_repr(self):
+        return f"weight={self.weight}, " + super().extra_repr()
+
+
+class BrierLoss(CalibrationLoss):
+    """Brier score (`"brier"`): `sum_k (p_k - 1[y = k])^2` per position, as the reference's `BrierScore`.
+
+    Parts: `("brier",)`.
+    """
+
+    part_names = ("brier",)
+
+    def _per_position(self, z, y):
+        p = F.softmax(z, dim=1)
+        # sum_k (p_k - onehot_k)^2 = sum_k p_k^2 - 2 p_y + 1, without building the one-hot matrix.
+        return {"brier": (p * p).sum(1) - 2 * p.gather(1, y[:, None]).squeeze(1) + 1}
+
+
+class _MarginCrossEntropy(torch.autograd.Function):
+    """Per-row cross-entropy and margin penalty `sum_k relu((max_j z_j - margin) - z_k)` with a hand-written backward.
+
+    Forward and backward each make one pass over the logits in main memory; the work is done in blocks of rows that
+    fit in the L2 cache. Gradients (tie rule: the max's gradient goes to the index returned by `torch.max(z, dim=1)`,
+    exactly like autograd through `z.max(dim=1).values`; `relu'(0) = 0` as in torch):
+    `d ce_i / d z_i = softmax(z_i) - onehot(y_i)`,
+    `d pen_i / d z_i = count_i * onehot(argmax_i) - mask_i` with `mask_ik = 1[z_ik < max_i - margin]`.
+    """
+
+    @staticmethod
+    def forward(ctx, z, y, margin):
+        n, c = z.shape
+        rows = max(1, _BLOCK_ELEMENTS // c)
+        mx = z.new_empty(n)
+        idx = torch.empty(n, dtype=torch.long, device=z.device)
+        sumexp = z.new_empty(n)
+        pen = z.new_empty(n)
+        buf = z.new_empty(min(rows, n), c)
+        for s in range(0, n, rows):
+            zb = z[s : s + rows]
+            b = buf[: zb.shape[0]]
+            m = mx[s : s + rows]
+            torch.max(zb, 1, out=(m, idx[s : s + rows]))
+            torch.sub(zb, m[:, None], out=b)  # z - max <= 0: exp cannot overflow
+            b.exp_()
+            torch.sum(b, 1, out=sumexp[s : s + rows])
+            # relu((max - margin) - z): the threshold is computed once per row (margin = inf gives -inf, zero penalty).
+            torch.sub((m - margin)[:, None], zb, out=b)
+            b.clamp_(min=0)
+            torch.sum(b, 1, out=pen[s : s + rows])
+        lse = sumexp.log_().add_(mx)
+        ce = lse - z.gather(1, y[:, None]).squeeze(1)
+        ctx.save_for_backward(z, y, mx - margin, idx, lse)
+        return ce, pen
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_ce, g_pen):
+        z, y, threshold, idx, lse = ctx.saved_tensors
+        n, c = z.shape
+        rows = max(1, _BLOCK_ELEMENTS // c)
+        grad = torch.empty_like(z)
+        count = z.new_zeros(n)
+        use_pen = bool((g_pen != 0).any()) and bool(torch.isfinite(threshold).any())
+        # g * softmax = exp(z - (lse - log g)) for g > 0 (always so under "mean"/"sum"), saving one pass.
+        positive = bool((g_ce > 0).all())
+        shift = lse - g_ce.log() if positive else lse
+        mask = torch.empty(min(rows, n), c, dtype=torch.bool, device=z.device) if use_pen else None
+        neg_g_pen = -g_pen
+        for s in range(0, n, rows):
+            zb = z[s : s + rows]
+            gb = grad[s : s + rows]
+            torch.sub(zb, shift[s : s + rows, None], out=gb)
+            gb.exp_()
+            if not positive:
+                gb.mul_(g_ce[s : s + rows, None])
+            if use_pen:
+                mb = mask[: zb.shape[0]]
+                torch.lt(zb, threshold[s : s + rows, None], out=mb)
+                torch.sum(mb, 1, out=count[s : s + rows])
+                gb.addcmul_(mb, neg_g_pen[s : s + rows, None])
+        rows_index = torch.arange(n, device=z.device)
+        grad.index_put_((rows_index, y), -g_ce, accumulate=True)
+        if use_pen:
+            grad.index_put_((rows_index, idx), count * g_pen, accumulate=True)
+        return grad, None, None
+
+
+def margin_cross_entropy(z: torch.Tensor, y: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row `(ce, penalty)` of MbLS on valid rows, `penalty_i = sum_k relu((max_j z_ij - z_ik) - margin)`.
+
+    Args:
+        z (`torch.Tensor` of shape `(n, C)`): logits of valid positions.
+        y (`torch.Tensor` of shape `(n,)`): labels in `[0, C)`.
+        margin (`float`): margin `>= 0`, `inf` allowed (zero penalty).
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: per-row cross-entropy and penalty (sum over classes), both `(n,)`.
+    """
+    return _MarginCrossEntropy.apply(z.contiguous(), y, float(margin))
+
+
+class MarginLoss(CalibrationLoss):
+    """Margin-based label smoothing (`"mbls"`, Liu et al. CVPR 2022), the reference's `LogitMarginL1`.
+
+    `loss = CE + alpha * mean over valid positions and all classes of relu((max_j z_j - z_k) - margin)`.
+    Parts: `("ce", "margin")` with weights `(1, alpha)`; `margin` is the penalty averaged over classes (the reference's
+    `loss_margin_l1` under `"mean"`). Ignored positions are excluded from both terms for any `ignore_index` (the
+    reference only filters them for `ignore_index >= 0`). Forward and backward are fused by hand
+    (`_MarginCrossEntropy`) and equal autograd through the straightforward formula; the max's gradient goes to the
+    index returned by `torch.max(z, dim=1)`.
+
+    Alpha schedule (opt-in, as the reference; call `schedule_alpha(epoch)` once at the end of every epoch):
+    `""` nothing; `"add"` `alpha = min(alpha + mu, max_alpha)`; `"multiply"` `alpha = min(alpha * mu, max_alpha)`;
+    `"step"` the multiply update only when `(epoch + 1) % step_size == 0`. The current `alpha` is saved in
+    `state_dict()` (extra state) so a checkpoint restores it.
+
+    Args:
+        margin (`float`, *optional*, defaults to `10.0`): margin on the logit distances, `>= 0`; `inf` gives CE.
+        alpha (`float`, *optional*, defaults to `0.1`): weight of the margin penalty, `>= 0`.
+        schedule (`str`, *optional*, defaults to `""`): one of `"", "add", "multiply", "step"`.
+        mu (`float`, *optional*, defaults to `0.0`): the schedule's increment or factor, `>= 0`.
+        max_alpha (`float`, *optional*, defaults to `100.0`): upper bound of the scheduled alpha, `>= 0`.
+        step_size (`int`, *optional*, defaults to `100`): epochs between `"step"` updates, `>= 1`.
+        ignore_index, reduction: see [`CalibrationLoss`].
+
+    Examples:
+
+    >>> import torch
+    >>> from mbls_nlp.losses import MarginLoss
+    >>> loss_fn = MarginLoss(margin=1.0, alpha=0.5)
+    >>> loss = loss_fn(torch.tensor([[3.0, 0.0]]), torch.tensor([0]))
+    >>> sorted(loss_fn.last_parts)
+    ['ce', 'margin']
+    >>> round(loss_fn.last_parts["margin"].item(), 4)  # (relu(0 - 1) + relu(3 - 1)) / 2
+    1.0
+    """
+
+    part_names = ("ce", "margin")
+
+    def __init__(
+        self,
+        margin: float = 10.0,
+        alpha: float = 0.1,
+        *,
+        schedule: str = "",
+        mu: float = 0.0,
+        max_alpha: float = 100.0,
+        step_size: int = 100,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+    ):
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
+        self.margin = _check_non_negative("margin", margin)
+        self.alpha = _check_finite_non_negative("alpha", alpha)
+        if schedule not in _SCHEDULES:
+            raise ValueError(f"`schedule` must be one of {_SCHEDULES}, got {schedule!r}.")
+        self.schedule = schedule
+        self.mu = _check_finite_non_negative("mu", mu)
+        self.max_alpha = _check_finite_non_negative("max_alpha", max_alpha)
+        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
+            raise ValueError(f"`step_size` must be an int >= 1, got {step_size!r}.")
+        self.step_size = step_size
+
+    @property
+    def part_weights(self):
+        return {"ce": 1.0, "margin": self.alpha}
+
+    def schedule_alpha(self, epoch: int) -> None:
+        """Updates `alpha` per `schedule`; call once at the end of every epoch (`epoch` counts from 0)."""
+        if self.schedule == "add":
+            self.alpha = min(self.alpha + self.mu, self.max_alpha)
+        elif self.schedule == "multiply":
+            self.alpha = min(self.alpha * self.mu, self.max_alpha)
+        elif self.schedule == "step" and (epoch + 1) % self.step_size == 0:
+            self.alpha = min(self.alpha * self.mu, self.max_alpha)
+
+    def get_extra_state(self):
+        return {"alpha": self.alpha}
+
+    def set_extra_state(self, state):
+        self.alpha = _check_finite_non_negative("alpha", state["alpha"])
+
+    def _per_position(self, z, y):
+        ce, pen = margin_cross_entropy(z, y, self.margin)
+        return {"ce": ce, "margin": pen / z.shape[1]}
+
+    def extra_repr(self):
+        sched = f", schedule={self.schedule!r}, mu={self.mu}" if self.schedule else ""
+        return f"margin={self.margin}, alpha={self.alpha}{sched}, " + super().extra_repr()
+
+
+_LOSSES: dict[str, type[CalibrationLoss]] = {
+    "ce": CrossEntropyLoss,
+    "ls": LabelSmoothingLoss,
+    "focal": FocalLoss,
+    "flsd": FLSDLoss,
+    "ecp": ConfidencePenaltyLoss,
+    "mmce": MMCELoss,
+    "brier": BrierLoss,
+    "mbls": MarginLoss,
+}
+
+
+def build_loss(name: str, **kwargs) -> CalibrationLoss:
+    """Builds a loss by its short name.
+
+    Args:
+        name (`str`): one of `LOSS_NAMES` (`"ce", "ls", "focal", "flsd", "ecp", "mmce", "brier", "mbls"`).
+        **kwargs: the loss class's keyword arguments (e.g. `margin`, `alpha` for `"mbls"`).
+
+    Returns:
+        [`CalibrationLoss`]: the loss module.
+
+    Examples:
+
+    >>> from mbls_nlp.losses import build_loss
+    >>> build_loss("mbls", margin=6.0)
+    MarginLoss(margin=6.0, alpha=0.1, ignore_index=-100, reduction='mean')
+    """
+    if name not in _LOSSES:
+        raise ValueError(f"Unknown loss name {name!r}; `name` must be one of {LOSS_NAMES}.")
+    return _LOSSES[name](**kwargs)
