@@ -1,0 +1,484 @@
+"""Tests of `mbls_nlp.calibration`: hand-computed examples, a float64 loop reference, torchmetrics and netcal side
+by side, invariants (perfect calibration, ignored positions, numpy == torch) and bad input."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mbls_nlp.calibration import (
+    METRIC_NAMES,
+    accuracy,
+    adaptive_calibration_error,
+    brier_score,
+    calibration_report,
+    classwise_calibration_error,
+    expected_calibration_error,
+    maximum_calibration_error,
+    negative_log_likelihood,
+    reliability_bins,
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# straightforward float64 reference: loops over bins and groups, written from the definitions in the issue
+# ----------------------------------------------------------------------------------------------------------------
+def reference(probs: np.ndarray, labels: np.ndarray, n_bins: int, nll_logits: np.ndarray | None = None) -> dict:
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(labels)
+    m, c = p.shape
+    conf = p.max(axis=1)
+    pred = p.argmax(axis=1)
+    correct = (pred == y).astype(np.float64)
+
+    def in_bin(values, b):
+        # (b/n, (b+1)/n] written on n * value so the edges are exact; 0 joins the first and 1.0 the last bin
+        scaled = values * n_bins
+        mask = (scaled > b) & (scaled <= b + 1)
+        if b == 0:
+            mask |= scaled <= 0
+        return mask
+
+    ece, gaps = 0.0, []
+    for b in range(n_bins):
+        mask = in_bin(conf, b)
+        if mask.any():
+            gap = abs(correct[mask].mean() - conf[mask].mean())
+            ece += gap * mask.sum() / m
+            gaps.append(gap)
+    order = np.argsort(conf, kind="stable")
+    aece = 0.0
+    for group in np.array_split(order, n_bins):  # sizes differ by at most one, larger ones first
+        if len(group):
+            aece += abs(correct[group].mean() - conf[group].mean()) * len(group) / m
+    cece = 0.0
+    for k in range(c):
+        for b in range(n_bins):
+            mask = in_bin(p[:, k], b)
+            if mask.any():
+                cece += abs((y[mask] == k).mean() - p[mask, k].mean()) * mask.sum() / m
+    cece /= c
+    if nll_logits is not None:
+        z = np.asarray(nll_logits, dtype=np.float64)
+        zmax = z.max(axis=1, keepdims=True)
+        log_p = z - zmax - np.log(np.exp(z - zmax).sum(axis=1, keepdims=True))
+        nll = -log_p[np.arange(m), y].mean()
+    else:
+        with np.errstate(divide="ignore"):
+            nll = -np.log(p[np.arange(m), y]).mean()
+    onehot = np.eye(c)[y]
+    brier = ((p - onehot) ** 2).sum(axis=1).mean()
+    return {
+        "accuracy": correct.mean(),
+        "ece": ece,
+        "aece": aece,
+        "cece": cece,
+        "mce": max(gaps),
+        "nll": nll,
+        "brier": brier,
+    }
+
+
+def assert_reports_close(ours: dict, ref: dict, atol: float):
+    assert tuple(ours) == METRIC_NAMES
+    for name in METRIC_NAMES:
+        assert isinstance(ours[name], float), name
+        assert ours[name] == pytest.approx(ref[name], abs=atol, rel=0), name
+
+
+def random_logits(n, c, seed, dtype=torch.float64, scale=3.0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(n, c, generator=gen, dtype=torch.float64) * scale).to(dtype)
+    # labels drawn from the model's own distribution, sharpened a bit: realistic, partly miscalibrated
+    labels = torch.multinomial(torch.softmax(logits.double() * 0.7, dim=1), 1, generator=gen).squeeze(1)
+    return logits, labels
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# hand-computed examples
+# ----------------------------------------------------------------------------------------------------------------
+def test_hand_computed_small_example():
+    probs = torch.tensor(
+        [
+            [0.70, 0.20, 0.10],  # y=0 right, conf 0.70
+            [0.30, 0.60, 0.10],  # y=2 wrong, conf 0.60
+            [0.20, 0.20, 0.60],  # y=2 right, conf 0.60
+            [0.10, 0.05, 0.85],  # y=1 wrong, conf 0.85
+        ],
+        dtype=torch.float64,
+    )
+    labels = torch.tensor([0, 2, 2, 1])
+    r = calibration_report(probs, labels, n_bins=4, from_logits=False)
+    # accuracy: 2 of 4
+    assert r["accuracy"] == pytest.approx(0.5, abs=1e-12)
+    # bins of width 0.25: (0.5, 0.75] holds 0.70, 0.60, 0.60: acc 2/3, conf 1.9/3 -> gap 0.1/3, weight 3/4
+    #                     (0.75, 1.0] holds 0.85: acc 0 -> gap 0.85, weight 1/4
+    # ece = 0.1/3 * 3/4 + 0.85/4 = 0.025 + 0.2125 = 0.2375 ; mce = 0.85
+    assert r["ece"] == pytest.approx(0.2375, abs=1e-12)
+    assert r["mce"] == pytest.approx(0.85, abs=1e-12)
+    # aece, 4 groups of one (stable sort: 0.60 (row 1, wrong), 0.60 (row 2, right), 0.70 right, 0.85 wrong):
+    # (0.6 + 0.4 + 0.3 + 0.85) / 4 = 2.15 / 4 = 0.5375
+    assert r["aece"] == pytest.approx(0.5375, abs=1e-12)
+    # aece with 2 groups: {0.60 wrong, 0.60 right}: |0.5 - 0.6| = 0.1; {0.70 right, 0.85 wrong}: |0.5 - 0.775| =
+    # 0.275; weights 1/2 -> 0.1875
+    assert adaptive_calibration_error(probs, labels, n_bins=2, from_logits=False) == pytest.approx(0.1875, abs=1e-12)
+    # cece, 4 bins (0, .25], (.25, .5], (.5, .75], (.75, 1]:
+    # class 0: p = .7 (y=0), .3, .2, .1 -> bin0 {.2, .1}: |0 - .15| * 2/4 = .075; bin1 {.3}: .3/4 = .075;
+    #          bin2 {.7, y=0}: .3/4 = .075 -> .225
+    # class 1: p = .2, .6, .2, .05 (y=1 on row 3) -> bin0 {.2, .2, .05 (y=1)}: |1/3 - .15| * 3/4 = .1375;
+    #          bin2 {.6}: .6/4 = .15 -> .2875
+    # class 2: p = .1, .1, .6 (y=2), .85 -> rows 1 and 2 have y=2; bin0 {.1 (y=2), .1}: |.5 - .1| * 2/4 = .2;
+    #          bin2 {.6, y=2}: .4/4 = .1; bin3 {.85}: .85/4 = .2125 -> .5125
+    # mean: (.225 + .2875 + .5125) / 3 = 1.025 / 3
+    assert r["cece"] == pytest.approx(1.025 / 3, abs=1e-12)
+    # nll: -(log .7 + log .1 + log .6 + log .05) / 4
+    assert r["nll"] == pytest.approx(-(math.log(0.7) + math.log(0.1) + math.log(0.6) + math.log(0.05)) / 4)
+    # brier rows: (.3^2 + .2^2 + .1^2) = .14; (.3^2 + .6^2 + .9^2) = 1.26; (.2^2 + .2^2 + .4^2) = .24;
+    # (.1^2 + .95^2 + .85^2) = 1.635 -> 3.275 / 4 = 0.81875
+    assert r["brier"] == pytest.approx(0.81875, abs=1e-12)
+    # the single-metric functions agree with the report
+    for fn, name in [
+        (accuracy, "accuracy"),
+        (expected_calibration_error, "ece"),
+        (adaptive_calibration_error, "aece"),
+        (classwise_calibration_error, "cece"),
+        (maximum_calibration_error, "mce"),
+        (negative_log_likelihood, "nll"),
+        (brier_score, "brier"),
+    ]:
+        assert fn(probs, labels, n_bins=4, from_logits=False) == r[name]
+
+
+def test_hand_computed_from_logits():
+    # logits (0, log 3): p = (1/4, 3/4); label 0 -> wrong with conf 0.75; nll = -log(1/4) = log 4
+    # brier: (1/4 - 1)^2 + (3/4)^2 = 9/16 + 9/16 = 1.125
+    logits = torch.tensor([[0.0, math.log(3.0)]], dtype=torch.float64)
+    r = calibration_report(logits, torch.tensor([0]), n_bins=10)
+    assert r["accuracy"] == 0.0
+    assert r["ece"] == pytest.approx(0.75, abs=1e-12)
+    assert r["nll"] == pytest.approx(math.log(4.0), abs=1e-12)
+    assert r["brier"] == pytest.approx(1.125, abs=1e-12)
+
+
+def test_nll_from_logits_is_finite_where_probability_underflows():
+    # p_y = exp(-200) underflows to 0 in float32, but log-softmax gives exactly 200 (+ log(1 + e^-200))
+    logits = torch.tensor([[200.0, 0.0]], dtype=torch.float32)
+    assert negative_log_likelihood(logits, torch.tensor([1])) == pytest.approx(200.0, rel=1e-6)
+    # from probabilities the definition gives inf, honestly
+    assert negative_log_likelihood(torch.tensor([[1.0, 0.0]]), torch.tensor([1]), from_logits=False) == math.inf
+
+
+def test_confidence_exactly_one_goes_to_last_bin():
+    probs = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float32)
+    labels = torch.tensor([0, 1, 1])
+    table = reliability_bins(probs, labels, n_bins=5, from_logits=False)
+    # all three confidences are 1.0 -> all in (0.8, 1.0]; two right -> acc 2/3, gap 1/3
+    assert table["count"] == [0, 0, 0, 0, 3]
+    assert table["confidence"][-1] == 1.0
+    assert table["accuracy"][-1] == pytest.approx(2 / 3)
+    assert expected_calibration_error(probs, labels, n_bins=5, from_logits=False) == pytest.approx(1 / 3)
+    # classwise: class 0 p = 1, 1, 0 with y=0 only on row 0: bin (0.8, 1] |1/2 - 1| * 2/3 = 1/3; bin 0 {0}, y != 0:
+    # 0; class 1 p = 0, 0, 1: bin 0 {0 (y=1), 0}: |1/2 - 0| * 2/3 = 1/3; last bin {1, y=1}: 0 -> mean 1/3
+    assert classwise_calibration_error(probs, labels, n_bins=5, from_logits=False) == pytest.approx(1 / 3)
+
+
+def test_bin_edges_are_right_closed():
+    # with 4 bins, 0.5 is the upper edge of (0.25, 0.5] and 0.75 that of (0.5, 0.75]
+    probs = torch.tensor([[0.5, 0.5, 0.0], [0.75, 0.25, 0.0]], dtype=torch.float64)
+    table = reliability_bins(probs, torch.tensor([0, 0]), n_bins=4, from_logits=False)
+    assert table["count"] == [0, 1, 1, 0]
+    assert table["bin_lower"] == [0.0, 0.25, 0.5, 0.75]
+    assert table["bin_upper"] == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_reliability_bins_json_and_empty_bins():
+    logits, labels = random_logits(200, 4, seed=3)
+    table = reliability_bins(logits, labels, n_bins=20)
+    json.dumps(table)  # plain lists of int / float / None
+    assert set(table) == {"bin_lower", "bin_upper", "count", "confidence", "accuracy"}
+    assert sum(table["count"]) == 200
+    # confidences >= 1/4 with 4 classes, so the first 5 bins ((0, 0.25]) are empty
+    assert table["confidence"][:5] == [None] * 5 and table["accuracy"][:5] == [None] * 5
+    for lo, hi, cnt, conf in zip(table["bin_lower"], table["bin_upper"], table["count"], table["confidence"]):
+        if cnt:
+            assert lo < conf <= hi
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# float64 reference, torchmetrics, netcal
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n_bins", [15, 7])
+def test_equals_float64_reference_on_1e5_samples(n_bins):
+    logits, labels = random_logits(100_000, 10, seed=n_bins)
+    probs = torch.softmax(logits, dim=1)
+    ref = reference(probs.numpy(), labels.numpy(), n_bins, nll_logits=logits.numpy())
+    assert_reports_close(calibration_report(logits, labels, n_bins=n_bins), ref, atol=1e-9)
+    ref_p = reference(probs.numpy(), labels.numpy(), n_bins)
+    assert_reports_close(calibration_report(probs, labels, n_bins=n_bins, from_logits=False), ref_p, atol=1e-9)
+
+
+def test_float32_probabilities_accumulate_in_float64():
+    # float32 probabilities: binning exact on the float32 values, sums in float64 -> the float64 reference on the
+    # very same values agrees to 1e-9 (float32 accumulation over 1e5 rows would be off by ~1e-6)
+    logits, labels = random_logits(100_000, 10, seed=11, dtype=torch.float32)
+    probs = torch.softmax(logits, dim=1)
+    ref = reference(probs.double().numpy(), labels.numpy(), 15)
+    assert_reports_close(calibration_report(probs, labels, from_logits=False), ref, atol=1e-9)
+
+
+def test_float32_logits_use_float32_softmax():
+    # from float32 logits the probabilities are torch.softmax in float32 (documented); everything else float64.
+    # NLL uses the log-softmax identity, within float32 rounding of the true float64 log-softmax.
+    logits, labels = random_logits(20_000, 10, seed=5, dtype=torch.float32)
+    probs = torch.softmax(logits, dim=1)
+    ref = reference(probs.double().numpy(), labels.numpy(), 15, nll_logits=logits.double().numpy())
+    ours = calibration_report(logits, labels)
+    nll_ours, nll_ref = ours.pop("nll"), ref.pop("nll")
+    assert nll_ours == pytest.approx(nll_ref, rel=1e-6)
+    for name in ours:
+        assert ours[name] == pytest.approx(ref[name], abs=1e-9), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_torchmetrics_l1_and_max(dtype):
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    logits, labels = random_logits(20_000, 7, seed=1, dtype=dtype)
+    probs = torch.softmax(logits, dim=1)
+    assert probs.max() < 1.0  # torchmetrics agrees only without confidences of exactly 1.0 (issue #3510)
+    for n_bins in (1, 10, 15):
+        tm_l1 = multiclass_calibration_error(probs, labels, num_classes=7, n_bins=n_bins, norm="l1")
+        tm_max = multiclass_calibration_error(probs, labels, num_classes=7, n_bins=n_bins, norm="max")
+        # torchmetrics casts confidences to float32 and accumulates them with a float32 scatter_add (torchmetrics
+        # 1.9, `_multiclass_calibration_error_update`): a bin of ~3000 rows is off by up to ~1e-4 from float64 sums
+        # (seen: MCE 0.1434093 vs ours 0.1433287, and ours equals the float64 reference to 1e-16 there)
+        tol = 1e-4
+        assert expected_calibration_error(probs, labels, n_bins=n_bins, from_logits=False) == pytest.approx(
+            tm_l1.item(), abs=tol
+        )
+        assert maximum_calibration_error(probs, labels, n_bins=n_bins, from_logits=False) == pytest.approx(
+            tm_max.item(), abs=tol
+        )
+
+
+def test_torchmetrics_differs_exactly_at_confidence_one():
+    # documents why we do not simply call torchmetrics: its bins are [b/n, (b+1)/n) and 1.0 lands in a hidden bin
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    probs = torch.tensor([[1.0, 0.0], [0.95, 0.05]], dtype=torch.float64)
+    labels = torch.tensor([1, 0])
+    # ours: both in (0.9, 1]: acc 1/2, conf 0.975 -> gap 0.475, weight 1 -> 0.475
+    assert expected_calibration_error(probs, labels, n_bins=10, from_logits=False) == pytest.approx(0.475)
+    # torchmetrics: 0.95 (right) in [0.9, 1): 0.05 * 1/2; 1.0 (wrong) alone in the hidden bin: 1 * 1/2 -> 0.525
+    tm = multiclass_calibration_error(probs, labels, num_classes=2, n_bins=10).item()
+    assert tm == pytest.approx(0.525)
+
+
+def test_matches_netcal_ece_and_mce():
+    # netcal (1.4) agrees on ECE and MCE with equal-width bins, given float64 probabilities without values on a bin
+    # edge (its histogram bins are [a, b), last one closed, and it clips to [eps, 1 - eps]) and more than two
+    # distinct labels (with <= 2 distinct labels it treats the problem as binary). Its ACE is a different metric
+    # (mean over non-empty quantile bins, unweighted), so AECE is not compared; it has no classwise ECE.
+    from netcal.metrics import ECE, MCE
+
+    logits, labels = random_logits(20_000, 6, seed=2)
+    probs = torch.softmax(logits, dim=1)
+    for n_bins in (5, 15):
+        assert expected_calibration_error(probs, labels, n_bins=n_bins, from_logits=False) == pytest.approx(
+            ECE(bins=n_bins).measure(probs.numpy(), labels.numpy()), abs=1e-12
+        )
+        assert maximum_calibration_error(probs, labels, n_bins=n_bins, from_logits=False) == pytest.approx(
+            MCE(bins=n_bins).measure(probs.numpy(), labels.numpy()), abs=1e-12
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# invariants
+# ----------------------------------------------------------------------------------------------------------------
+def test_perfectly_calibrated_input_has_zero_ece():
+    # in every bin, the fraction correct equals the (constant) confidence exactly: confidence c on 20 rows of
+    # which 20*c are right, for c in {0.6, 0.75, 0.9, 1.0}; two classes, so the top class carries p = c
+    rows, labels = [], []
+    for conf, n_right in [(0.6, 12), (0.75, 15), (0.9, 18), (1.0, 20)]:
+        for i in range(20):
+            rows.append([conf, 1.0 - conf])
+            labels.append(0 if i < n_right else 1)
+    probs = torch.tensor(rows, dtype=torch.float64)
+    labels = torch.tensor(labels)
+    assert expected_calibration_error(probs, labels, n_bins=10, from_logits=False) == pytest.approx(0.0, abs=1e-15)
+    assert maximum_calibration_error(probs, labels, n_bins=10, from_logits=False) == pytest.approx(0.0, abs=1e-15)
+    # equal-mass bins of 20 coincide with the confidence levels here
+    assert adaptive_calibration_error(probs, labels, n_bins=4, from_logits=False) == pytest.approx(0.0, abs=1e-15)
+    # class 1 has p = 1 - c and frequency 1 - c in each group, also calibrated
+    assert classwise_calibration_error(probs, labels, n_bins=10, from_logits=False) == pytest.approx(0.0, abs=1e-15)
+
+
+def test_aece_counts_every_sample_and_handles_fewer_samples_than_bins():
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3]], dtype=torch.float64)
+    labels = torch.tensor([1, 0, 0])
+    # 3 samples, 15 bins -> 3 groups of one: (|0 - .7| (row 2 is right: |1 - .7| = .3) ...):
+    # sorted .7 right -> .3, .8 right -> .2, .9 wrong -> .9 -> (0.3 + 0.2 + 0.9) / 3 = 1.4 / 3
+    assert adaptive_calibration_error(probs, labels, from_logits=False) == pytest.approx(1.4 / 3, abs=1e-12)
+    # 1 group: |2/3 - 2.4/3| = 0.4/3 -- the lowest sample is not dropped (it would give |1/2 - 1.7/2| = 0.35)
+    assert adaptive_calibration_error(probs, labels, n_bins=1, from_logits=False) == pytest.approx(0.4 / 3)
+
+
+def test_cece_uses_all_classes_from_the_shape():
+    # labels only use classes 0 and 1, but there are 4 classes: the mean is over 4
+    probs = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.1, 0.7, 0.1, 0.1]], dtype=torch.float64)
+    labels = torch.tensor([0, 1])
+    # 10 bins: class 0: p .7 (y=0) -> .3/2, p .1 (y=1) in bin 0 -> .1/2: .2; class 1 the same: .2;
+    # classes 2, 3: p .1, .1 in bin 0, no label -> .1 each -> (0.2 + 0.2 + 0.1 + 0.1) / 4 = 0.15
+    assert classwise_calibration_error(probs, labels, n_bins=10, from_logits=False) == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (4, 5, 7)])
+def test_spatial_input_with_ignored_positions_equals_flattened_valid_rows(shape):
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(*shape, generator=gen, dtype=torch.float64) * 2
+    labels = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=gen)
+    labels[torch.rand(labels.shape, generator=gen) < 0.3] = -100
+    flat_logits = logits.movedim(1, -1).reshape(-1, shape[1])
+    flat_labels = labels.reshape(-1)
+    keep = flat_labels != -100
+    expected = calibration_report(flat_logits[keep], flat_labels[keep], n_bins=5)
+    assert calibration_report(logits, labels, n_bins=5) == pytest.approx(expected, abs=1e-12)
+    assert reliability_bins(logits, labels, n_bins=5) == reliability_bins(
+        flat_logits[keep], flat_labels[keep], n_bins=5
+    )
+
+
+def test_custom_ignore_index_and_chunk_boundaries(monkeypatch):
+    import mbls_nlp.calibration as calibration
+
+    logits, labels = random_logits(1_000, 5, seed=4)
+    labels[::3] = 255
+    keep = labels != 255
+    expected = calibration_report(logits[keep], labels[keep])
+    # many tiny chunks, some fully ignored, must give the same numbers as one chunk
+    monkeypatch.setattr(calibration, "_CHUNK_ELEMENTS", 7)
+    assert calibration_report(logits, labels, ignore_index=255) == pytest.approx(expected, abs=1e-12)
+
+
+def test_numpy_equals_torch_and_dtypes():
+    logits, labels = random_logits(500, 6, seed=9)
+    expected = calibration_report(logits, labels)
+    assert calibration_report(logits.numpy(), labels.numpy()) == expected
+    assert calibration_report(logits.numpy(), labels.numpy().astype(np.int32)) == expected
+    assert calibration_report(logits.T.contiguous().T, labels) == expected  # non-contiguous input
+    half = calibration_report(logits.to(torch.bfloat16), labels)
+    assert half == pytest.approx(calibration_report(logits.to(torch.bfloat16).float(), labels), abs=1e-12)
+    probs = torch.softmax(logits, dim=1)
+    assert reliability_bins(probs.numpy(), labels.numpy(), from_logits=False) == reliability_bins(
+        probs, labels, from_logits=False
+    )
+
+
+def test_requires_grad_input_is_accepted():
+    logits, labels = random_logits(50, 3, seed=0)
+    assert calibration_report(logits.requires_grad_(), labels) == calibration_report(logits.detach(), labels)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bad input
+# ----------------------------------------------------------------------------------------------------------------
+GOOD_LOGITS = torch.tensor([[1.0, 2.0, 0.5], [0.1, 0.2, 0.3]])
+GOOD_LABELS = torch.tensor([1, 2])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_non_finite_scores(bad, from_logits):
+    scores = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+    scores[1, 1] = bad
+    with pytest.raises(ValueError, match=r"`scores`.*finite"):
+        calibration_report(scores, GOOD_LABELS, from_logits=from_logits)
+
+
+@pytest.mark.parametrize("label", [3, -1, -7])
+def test_labels_out_of_range(label):
+    with pytest.raises(ValueError, match=r"`labels` must lie in \[0, 3\).*ignore_index=-100"):
+        expected_calibration_error(GOOD_LOGITS, torch.tensor([0, label]))
+
+
+@pytest.mark.parametrize(
+    "scores, labels",
+    [
+        (GOOD_LOGITS, torch.tensor([0, 1, 2])),  # N mismatch
+        (GOOD_LOGITS, torch.tensor([[0], [1]])),  # extra dim
+        (torch.zeros(2, 3, 4), torch.zeros(2, 5, dtype=torch.long)),  # spatial mismatch
+    ],
+)
+def test_shape_mismatch(scores, labels):
+    with pytest.raises(ValueError, match=r"`labels` must have shape"):
+        calibration_report(scores, labels)
+
+
+def test_scores_without_class_dim():
+    with pytest.raises(ValueError, match=r"`scores` must have the classes on dim 1"):
+        calibration_report(torch.tensor([0.1, 0.9]), torch.tensor([0, 1]))
+
+
+def test_empty_input():
+    with pytest.raises(ValueError, match=r"`scores` is empty"):
+        calibration_report(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"`labels` has no position to evaluate.*ignore_index=-100"):
+        calibration_report(GOOD_LOGITS, torch.tensor([-100, -100]))
+
+
+@pytest.mark.parametrize("n_bins, error", [(0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError)])
+def test_bad_n_bins(n_bins, error):
+    with pytest.raises(error, match=r"`n_bins` must be an integer >= 1"):
+        expected_calibration_error(GOOD_LOGITS, GOOD_LABELS, n_bins=n_bins)
+
+
+def test_n_bins_numpy_integer_accepted():
+    assert expected_calibration_error(GOOD_LOGITS, GOOD_LABELS, n_bins=np.int64(3)) == expected_calibration_error(
+        GOOD_LOGITS, GOOD_LABELS, n_bins=3
+    )
+
+
+@pytest.mark.parametrize(
+    "probs, match",
+    [
+        ([[1.2, -0.2, 0.0], [0.2, 0.3, 0.5]], r"probabilities in \[0, 1\]"),
+        ([[0.5, 0.6, 0.0], [0.2, 0.3, 0.5]], r"rows must sum to 1 \(tolerance 0.001\)"),
+        ([[0.5, 0.4, 0.0], [0.2, 0.3, 0.5]], r"rows must sum to 1"),
+    ],
+)
+def test_bad_probabilities(probs, match):
+    with pytest.raises(ValueError, match=match):
+        calibration_report(torch.tensor(probs), GOOD_LABELS, from_logits=False)
+
+
+def test_probabilities_within_tolerance_accepted():
+    probs = torch.tensor([[0.5, 0.5004, 0.0], [0.2, 0.3, 0.5]], dtype=torch.float64)  # off by 4e-4 < 1e-3
+    assert expected_calibration_error(probs, GOOD_LABELS, from_logits=False) >= 0.0
+
+
+@pytest.mark.parametrize("labels", [torch.tensor([1.0, 2.0]), torch.tensor([True, False]), np.array([1.0, 2.0])])
+def test_non_integer_labels(labels):
+    with pytest.raises(TypeError, match=r"`labels` must be an integer array"):
+        calibration_report(GOOD_LOGITS, labels)
+
+
+def test_non_float_scores_and_wrong_types():
+    with pytest.raises(TypeError, match=r"`scores` must be a floating-point"):
+        calibration_report(torch.tensor([[1, 2], [3, 4]]), torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match=r"`scores` must be a torch.Tensor or a numpy.ndarray"):
+        calibration_report([[0.1, 0.9]], torch.tensor([1]))
+    with pytest.raises(TypeError, match=r"`from_logits` must be True"):
+        calibration_report(GOOD_LOGITS, GOOD_LABELS, from_logits="yes")
+    with pytest.raises(TypeError, match=r"`ignore_index` must be an integer"):
+        calibration_report(GOOD_LOGITS, GOOD_LABELS, ignore_index=None)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import mbls_nlp.calibration as calibration
+
+    result = doctest.testmod(calibration)
+    assert result.attempted >= 9 and result.failed == 0
