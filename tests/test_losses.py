@@ -1,0 +1,441 @@
+"""Tests of mbls_nlp.losses against hand-computed numbers, float64 references and torch's own cross-entropy."""
+
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mbls_nlp import losses as L
+from mbls_nlp.losses import LOSS_NAMES, CalibrationLoss, MarginLoss, build_loss
+
+LN2, LN4, LN6, LN1_5 = math.log(2), math.log(4), math.log(6), math.log(1.5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Straightforward float64 references, written from the formulas (and the reference code's averaging), one row per
+# valid position. They share nothing with the implementation beyond torch primitives.
+# ---------------------------------------------------------------------------------------------------------------
+def ref_rows(name, z, y, **kw):
+    p = torch.softmax(z, dim=1)
+    logp = torch.log(p)
+    onehot = F.one_hot(y, z.shape[1]).to(z.dtype)
+    ce = -(onehot * logp).sum(1)
+    if name == "ce":
+        return ce
+    if name == "ls":
+        eps = kw.get("epsilon", 0.05)
+        target = (1 - eps) * onehot + eps / z.shape[1]
+        return -(target * logp).sum(1)
+    if name in ("focal", "flsd"):
+        p_y = (onehot * p).sum(1)
+        if name == "focal":
+            gamma = kw.get("gamma", 3.0)
+        else:
+            gamma = torch.where(p_y.detach() < 0.2, 5.0, 3.0).to(z.dtype)
+        return -((1 - p_y) ** gamma) * torch.log(p_y)
+    if name == "ecp":
+        return ce - kw.get("beta", 0.1) * (-(p * logp)).mean(1)
+    if name == "brier":
+        return ((p - onehot) ** 2).sum(1)
+    if name == "mmce":
+        r, pred = p.max(1)
+        a = (pred == y).to(z.dtype) - r
+        k = torch.exp(-(r[:, None] - r[None, :]).abs() / 0.4)  # the reference's n x n kernel matrix
+        n = z.shape[0]
+        return ce + kw.get("weight", 1.0) * a * (k * a[None, :]).sum(1) / n
+    if name == "mbls":
+        margin, alpha = kw.get("margin", 10.0), kw.get("alpha", 0.1)
+        mx = z.max(dim=1).values  # gradient of the max goes to the index torch.max returns (the tie rule)
+        return ce + alpha * F.relu((mx[:, None] - margin) - z).mean(1)
+    raise AssertionError(name)
+
+
+def ref_mean(name, z, y, **kw):
+    return ref_rows(name, z, y, **kw).mean()
+
+
+def random_logits(n, c, dtype=torch.float64, scale=3.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, generator=g, dtype=dtype) * scale, torch.randint(0, c, (n,), generator=g)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hand-computed 2x3 example:
+#   row 1: z = [ln 2, 0, 0], y = 0 -> exp z = [2, 1, 1], p = [1/2, 1/4, 1/4], p_y = 1/2, argmax 0 (correct)
+#   row 2: z = [ln 4, 0, 0], y = 1 -> exp z = [4, 1, 1], p = [2/3, 1/6, 1/6], p_y = 1/6, argmax 0 (wrong)
+# ---------------------------------------------------------------------------------------------------------------
+HAND_Z = torch.tensor([[LN2, 0.0, 0.0], [LN4, 0.0, 0.0]], dtype=torch.float64)
+HAND_Y = torch.tensor([0, 1])
+HAND = {
+    # CE: -log(1/2) = ln 2 and -log(1/6) = ln 6, averaged.
+    "ce": ({}, (LN2 + LN6) / 2),
+    # LS eps=0.1: 0.9 * ce + 0.1 * mean_k(-log p_k); row 1 mean_k = (ln 2 + ln 4 + ln 4) / 3 = 5 ln 2 / 3,
+    # row 2 mean_k = (ln 1.5 + ln 6 + ln 6) / 3.
+    "ls": ({"epsilon": 0.1}, (0.9 * LN2 + 0.1 * 5 * LN2 / 3 + 0.9 * LN6 + 0.1 * (LN1_5 + 2 * LN6) / 3) / 2),
+    # Focal gamma=2: (1 - 1/2)^2 ln 2 = ln 2 / 4 and (1 - 1/6)^2 ln 6 = 25/36 ln 6.
+    "focal": ({"gamma": 2.0}, (LN2 / 4 + 25 / 36 * LN6) / 2),
+    # FLSD-53: row 1 p_y = 1/2 >= 0.2 -> gamma 3: (1/2)^3 ln 2; row 2 p_y = 1/6 < 0.2 -> gamma 5: (5/6)^5 ln 6.
+    "flsd": ({}, (LN2 / 8 + (5 / 6) ** 5 * LN6) / 2),
+    # ECP beta=0.1: ce - 0.1 * (entropy / 3); row 1 entropy = 1/2 ln 2 + 2 * 1/4 ln 4 = 1.5 ln 2,
+    # row 2 entropy = 2/3 ln 1.5 + 2 * 1/6 ln 6.
+    "ecp": ({"beta": 0.1}, (LN2 - 0.1 * 1.5 * LN2 / 3 + LN6 - 0.1 * (2 / 3 * LN1_5 + LN6 / 3) / 3) / 2),
+    # Brier: row 1 (1/2 - 1)^2 + 2 (1/4)^2 = 3/8; row 2 (2/3)^2 + (1/6 - 1)^2 + (1/6)^2 = 16/36 + 25/36 + 1/36 = 7/6.
+    "brier": ({}, (3 / 8 + 7 / 6) / 2),
+    # MMCE weight=1: r = [1/2, 2/3], c = [1, 0], a = c - r = [1/2, -2/3], k12 = exp(-(2/3 - 1/2) / 0.4) = exp(-5/12);
+    # T = (a1^2 + a2^2 + 2 a1 a2 k12) / 2^2 = (1/4 + 4/9 - 2/3 exp(-5/12)) / 4.
+    "mmce": ({}, (LN2 + LN6) / 2 + (1 / 4 + 4 / 9 - 2 / 3 * math.exp(-5 / 12)) / 4),
+    # MbLS margin=0.5, alpha=0.5: max - z = [0, ln 2, ln 2] and [0, ln 4, ln 4]; relu(d - 0.5) sums to
+    # 2 (ln 2 - 0.5) and 2 (ln 4 - 0.5); mean over 2 x 3 entries = (6 ln 2 - 2) / 6 = (3 ln 2 - 1) / 3.
+    "mbls": ({"margin": 0.5, "alpha": 0.5}, (LN2 + LN6) / 2 + 0.5 * (3 * LN2 - 1) / 3),
+}
+
+
+def test_loss_names_cover_build_loss():
+    assert set(HAND) == set(LOSS_NAMES)
+    for name in LOSS_NAMES:
+        loss = build_loss(name)
+        assert isinstance(loss, CalibrationLoss)
+        assert loss.part_names and set(loss.part_weights) == set(loss.part_names)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_hand_computed_2x3(name):
+    kwargs, expected = HAND[name]
+    loss = build_loss(name, **kwargs)(HAND_Z, HAND_Y)
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+    assert ref_mean(name, HAND_Z, HAND_Y, **kwargs).item() == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_equals_float64_reference_value_and_grad(name):
+    z, y = random_logits(50, 7, seed=1)
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    ours = build_loss(name)(z1, y)
+    ref = ref_mean(name, z2, y)
+    ours.backward()
+    ref.backward()
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_gradcheck_float64(name, reduction):
+    z, y = random_logits(6, 4, seed=2)  # random: no ties in the max, p_y away from FLSD's 0.2 switch
+    y[2] = -100
+    loss = build_loss(name, reduction=reduction, **({"margin": 1.0} if name == "mbls" else {}))
+    assert torch.autograd.gradcheck(lambda t: loss(t, y), (z.requires_grad_(),))
+
+
+def test_special_cases_equal_cross_entropy():
+    z, y = random_logits(40, 9, seed=3)
+    ce = F.cross_entropy(z, y)
+    for loss in (
+        MarginLoss(margin=math.inf),
+        MarginLoss(alpha=0.0),
+        build_loss("ls", epsilon=0.0),
+        build_loss("focal", gamma=0.0),
+        build_loss("ecp", beta=0.0),
+        build_loss("mmce", weight=0.0),
+        build_loss("ce"),
+    ):
+        torch.testing.assert_close(loss(z, y), ce, rtol=1e-12, atol=1e-12)
+    # A huge finite margin: no logit distance exceeds it, so the penalty vanishes too.
+    torch.testing.assert_close(MarginLoss(margin=1e6, alpha=5.0)(z, y), ce, rtol=1e-12, atol=1e-12)
+
+
+def test_label_smoothing_equals_torch_label_smoothing():
+    # The reference's (1 - eps) * nll + eps * mean_k(-log p_k) is torch's target (1 - eps) * onehot + eps / C.
+    z, y = random_logits(30, 5, seed=4)
+    y[::4] = -100
+    for eps in (0.05, 0.3, 0.9):
+        expected = F.cross_entropy(z, y, label_smoothing=eps)
+        torch.testing.assert_close(build_loss("ls", epsilon=eps)(z, y), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_focal_against_independent_formula():
+    # Direct formula -(1 - p)^gamma log p from the softmax, gamma non-integer.
+    z, y = random_logits(30, 5, seed=5)
+    p_y = torch.softmax(z, 1)[torch.arange(30), y]
+    expected = (-((1 - p_y) ** 2.5) * torch.log(p_y)).mean()
+    torch.testing.assert_close(build_loss("focal", gamma=2.5)(z, y), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_flsd_switches_gamma_at_0_2():
+    # Two classes: p_y = sigmoid(z_y - z_other). Just below / above 0.2.
+    for p, gamma in ((0.19, 5.0), (0.21, 3.0)):
+        z = torch.tensor([[math.log(p / (1 - p)), 0.0]], dtype=torch.float64)
+        expected = -((1 - p) ** gamma) * math.log(p)
+        assert build_loss("flsd")(z, torch.tensor([0])).item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_mmce_sorted_sum_equals_pairwise_matrix_with_ties():
+    # Repeated rows give equal confidences (ties in the sort); the O(n log n) sum must equal the n x n matrix.
+    z, y = random_logits(64, 6, seed=6)
+    z[10:20] = z[0]
+    y[10:20] = y[0]
+    loss = build_loss("mmce", reduction="none")
+    torch.testing.assert_close(loss(z, y), ref_rows("mmce", z, y), rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The fused MbLS kernel against autograd through the straightforward formula.
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("margin", [0.0, 1.0, 3.0, math.inf])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_mbls_fused_equals_autograd_reference(margin, reduction, monkeypatch):
+    # Tiny blocks so that the row-block loop runs many times, with a ragged last block (37 rows, 5 per block).
+    monkeypatch.setattr(L, "_BLOCK_ELEMENTS", 5 * 7)
+    z, y = random_logits(37, 7, seed=7)
+    y[[3, 11, 30]] = -100
+    upstream = torch.rand(37, dtype=torch.float64) - 0.5  # arbitrary (also negative) upstream gradient for "none"
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    ours = MarginLoss(margin=margin, alpha=0.7, reduction=reduction)(z1, y)
+    valid = y != -100
+    rows = ref_rows("mbls", z2[valid], y[valid], margin=margin, alpha=0.7)
+    if reduction == "none":
+        ref = torch.zeros(37, dtype=torch.float64).masked_scatter(valid, rows)
+        (ours * upstream).sum().backward()
+        (ref * upstream).sum().backward()
+    else:
+        ref = rows.mean() if reduction == "mean" else rows.sum()
+        ours.backward()
+        ref.backward()
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-12, atol=1e-14)
+    assert (z1.grad[~valid] == 0).all()
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.5])
+def test_mbls_ties_in_the_max(margin):
+    # Rows with two or three equal maxima. Tie rule: the max's gradient goes to the index torch.max(dim=1) returns,
+    # the same as autograd through z.max(dim=1).values in the reference.
+    z = torch.tensor(
+        [[2.0, 2.0, 0.0, -1.0], [1.0, 3.0, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0], [5.0, -2.0, 5.0, 1.0]], dtype=torch.float64
+    )
+    y = torch.tensor([2, 0, 1, 3])
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    MarginLoss(margin=margin, alpha=2.0, reduction="sum")(z1, y).backward()
+    ref_rows("mbls", z2, y, margin=margin, alpha=2.0).sum().backward()
+    torch.testing.assert_close(z1.grad, z2.grad, rtol=0, atol=1e-14)
+    # Hand check of row 0 with margin 0: p = [e^2, e^2, 1, e^-1] / S; penalty entries relu(2 - z_k) = [0, 0, 2, 3]
+    # (the tied max at index 1 has relu(0) = 0 and relu'(0) = 0), count 2 -> margin grad alpha/C * [2, 0, -1, -1].
+    if margin == 0.0:
+        e = torch.exp(z[0])
+        expected = e / e.sum() - torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+        expected += 2.0 / 4 * torch.tensor([2.0, 0.0, -1.0, -1.0], dtype=torch.float64)
+        torch.testing.assert_close(z1.grad[0], expected, rtol=0, atol=1e-14)
+
+
+def test_mbls_float32_large_block_path_matches_float64():
+    z, y = random_logits(3000, 200, dtype=torch.float32, scale=8.0, seed=8)  # 600k elements: several blocks
+    z1 = z.clone().requires_grad_()
+    z2 = z.double().requires_grad_()
+    MarginLoss(margin=6.0, alpha=0.3)(z1, y).backward()
+    ref_mean("mbls", z2, y, margin=6.0, alpha=0.3).backward()
+    torch.testing.assert_close(z1.grad.double(), z2.grad, rtol=1e-4, atol=1e-8)
+
+
+def test_mbls_ignores_negative_ignore_index_in_every_term():
+    # The reference filters ignored positions only for ignore_index >= 0; a -100 row with huge logit gaps would
+    # otherwise add to the margin term. Here its penalty would be enormous.
+    z, y = random_logits(5, 4, seed=9)
+    z_bad = torch.cat([z, torch.tensor([[1000.0, -1000.0, 0.0, 0.0]], dtype=torch.float64)])
+    y_bad = torch.cat([y, torch.tensor([-100])])
+    loss = MarginLoss(margin=1.0, alpha=1.0)
+    torch.testing.assert_close(loss(z_bad, y_bad), loss(z, y), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shapes, ignore_index and reductions, for every loss.
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 5, 4, 3)])
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_dense_inputs_equal_flattened_valid_rows(name, shape):
+    g = torch.Generator().manual_seed(10)
+    logits = torch.randn(*shape, generator=g, dtype=torch.float64) * 3
+    labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
+    labels[torch.rand(labels.shape, generator=g) < 0.3] = -100
+    flat_z = logits.movedim(1, -1).reshape(-1, shape[1])
+    flat_y = labels.reshape(-1)
+    valid = flat_y != -100
+    expected = ref_rows(name, flat_z[valid], flat_y[valid])
+    for reduction in ("mean", "sum", "none"):
+        out = build_loss(name, reduction=reduction)(logits, labels)
+        if reduction == "none":
+            assert out.shape == labels.shape
+            assert (out[labels == -100] == 0).all()
+            torch.testing.assert_close(out[labels != -100], expected, rtol=1e-10, atol=1e-12)
+        else:
+            target = expected.mean() if reduction == "mean" else expected.sum()
+            torch.testing.assert_close(out, target, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("ignore_index", [-100, -1, 2])
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_sum_equals_mean_times_valid_and_parts(name, ignore_index):
+    z, y = random_logits(20, 4, seed=11)
+    y[[1, 5, 6, 17]] = ignore_index
+    n_valid = int((y != ignore_index).sum())
+    results = {}
+    for reduction in ("mean", "sum", "none"):
+        loss = build_loss(name, reduction=reduction, ignore_index=ignore_index)
+        out = loss(z, y)
+        parts = loss.last_parts
+        assert set(parts) == set(loss.part_names)
+        assert all(not p.requires_grad and p.shape == out.shape for p in parts.values())
+        # loss == sum of weighted parts, with the parts reduced like the loss.
+        weighted = sum(loss.part_weights[k] * parts[k] for k in loss.part_names)
+        torch.testing.assert_close(weighted, out.detach(), rtol=1e-12, atol=1e-12)
+        results[reduction] = out
+    torch.testing.assert_close(results["sum"], results["mean"] * n_valid, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(results["none"].sum(), results["sum"], rtol=1e-12, atol=1e-12)
+    assert (results["none"][y == ignore_index] == 0).all()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_all_ignored_batch_is_zero_and_backpropagates(name, reduction):
+    z = torch.randn(4, 3, 5, requires_grad=True)
+    y = torch.full((4, 5), -100)
+    loss = build_loss(name, reduction=reduction)
+    out = loss(z, y)
+    assert out.requires_grad
+    assert out.shape == (() if reduction != "none" else (4, 5))
+    assert (out == 0).all() and not out.isnan().any()
+    out.sum().backward()
+    assert z.grad is not None and (z.grad == 0).all()
+    assert all((p == 0).all() for p in loss.last_parts.values())
+
+
+def test_integer_label_dtypes_and_float32():
+    z, y = random_logits(8, 4, dtype=torch.float32, seed=12)
+    expected = F.cross_entropy(z, y)
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        torch.testing.assert_close(build_loss("ce")(z, y.to(dtype)), expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input.
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"name": "mbls", "margin": -1.0}, ValueError, "margin"),
+        ({"name": "mbls", "margin": float("nan")}, ValueError, "margin"),
+        ({"name": "mbls", "alpha": -0.1}, ValueError, "alpha"),
+        ({"name": "mbls", "alpha": math.inf}, ValueError, "alpha"),
+        ({"name": "mbls", "schedule": "cosine"}, ValueError, "schedule.*add"),
+        ({"name": "mbls", "step_size": 0}, ValueError, "step_size"),
+        ({"name": "mbls", "mu": -1.0}, ValueError, "mu"),
+        ({"name": "ls", "epsilon": 1.0}, ValueError, r"epsilon.*\[0, 1\)"),
+        ({"name": "ls", "epsilon": -0.1}, ValueError, "epsilon"),
+        ({"name": "focal", "gamma": -1.0}, ValueError, "gamma"),
+        ({"name": "ecp", "beta": -1.0}, ValueError, "beta"),
+        ({"name": "mmce", "weight": -1.0}, ValueError, "weight"),
+        ({"name": "ce", "reduction": "avg"}, ValueError, "reduction.*mean.*sum.*none"),
+        ({"name": "ce", "ignore_index": 1.5}, TypeError, "ignore_index"),
+        ({"name": "mbls", "margin": "10"}, TypeError, "margin"),
+        ({"name": "focal", "gamma": None}, TypeError, "gamma"),
+    ],
+)
+def test_bad_hyper_parameters(kwargs, error, match):
+    kwargs = dict(kwargs)
+    with pytest.raises(error, match=match):
+        build_loss(kwargs.pop("name"), **kwargs)
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match="name") as info:
+        build_loss("margin")
+    assert all(n in str(info.value) for n in LOSS_NAMES)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_bad_tensors(name):
+    loss = build_loss(name)
+    z = torch.randn(4, 3)
+    y = torch.tensor([0, 1, 2, -100])
+    for bad_value in (float("nan"), float("inf"), -float("inf")):
+        zb = z.clone()
+        zb[1, 2] = bad_value
+        with pytest.raises(ValueError, match="logits.*finite"):
+            loss(zb, y)
+    for bad_label in (3, -1, 7):
+        with pytest.raises(ValueError, match=r"labels.*\[0, 3\).*ignore_index"):
+            loss(z, torch.tensor([0, bad_label, 2, 1]))
+    with pytest.raises(ValueError, match="labels.*shape.*expected"):
+        loss(z, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="labels.*shape"):
+        loss(torch.randn(2, 3, 4), torch.zeros(2, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="logits.*shape"):
+        loss(torch.randn(4), y)
+    with pytest.raises(TypeError, match="labels.*integer"):
+        loss(z, y.float())
+    with pytest.raises(TypeError, match="labels.*integer"):
+        loss(z, y > 0)
+    with pytest.raises(TypeError, match="logits.*floating"):
+        loss(z.long(), y)
+
+
+def test_finite_check_is_exact_when_the_sum_overflows():
+    # Finite logits whose sum overflows float32 must not be reported as non-finite.
+    z = torch.full((4, 3), 3e38)
+    z[:, 1] = 0.0
+    y = torch.tensor([0, 1, 2, 0])
+    assert torch.isinf(z.sum())
+    assert torch.isfinite(build_loss("ce")(z, y))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Alpha schedule and its state.
+# ---------------------------------------------------------------------------------------------------------------
+def test_schedule_semantics():
+    alphas = []
+    for schedule, mu in (("", 5.0), ("add", 0.5), ("multiply", 3.0), ("step", 10.0)):
+        loss = MarginLoss(alpha=1.0, schedule=schedule, mu=mu, max_alpha=20.0, step_size=2)
+        seq = []
+        for epoch in range(4):
+            loss.schedule_alpha(epoch)
+            seq.append(loss.alpha)
+        alphas.append(seq)
+    assert alphas[0] == [1.0, 1.0, 1.0, 1.0]  # "" never changes alpha
+    assert alphas[1] == [1.5, 2.0, 2.5, 3.0]  # + 0.5 each epoch
+    assert alphas[2] == [3.0, 9.0, 20.0, 20.0]  # * 3, capped at max_alpha = 20 (27 -> 20)
+    assert alphas[3] == [1.0, 10.0, 10.0, 20.0]  # * 10 when (epoch + 1) % 2 == 0, i.e. after epochs 1 and 3; capped
+
+
+def test_scheduled_alpha_is_used_in_forward():
+    z, y = random_logits(10, 4, seed=13)
+    loss = MarginLoss(margin=0.5, alpha=1.0, schedule="add", mu=1.0)
+    before = loss(z, y)
+    loss.schedule_alpha(0)  # alpha 2
+    after = loss(z, y)
+    torch.testing.assert_close(after - before, loss.last_parts["margin"], rtol=1e-12, atol=1e-12)
+
+
+def test_state_dict_round_trip_restores_alpha():
+    loss = MarginLoss(alpha=0.1, schedule="multiply", mu=2.0)
+    for epoch in range(3):
+        loss.schedule_alpha(epoch)
+    state = loss.state_dict()
+    restored = MarginLoss(alpha=0.1, schedule="multiply", mu=2.0)
+    assert restored.alpha == pytest.approx(0.1)
+    restored.load_state_dict(state)
+    assert restored.alpha == pytest.approx(0.8) and restored.alpha == loss.alpha
+    # Survives torch.save/torch.load like a trainer checkpoint, and the schedule continues from the restored alpha.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    again = MarginLoss(alpha=0.1, schedule="multiply", mu=2.0)
+    again.load_state_dict(torch.load(buffer, weights_only=True))
+    again.schedule_alpha(3)
+    assert again.alpha == pytest.approx(1.6)
+
+
+def test_state_dict_rejects_bad_alpha():
+    loss = MarginLoss()
+    with pytest.raises(ValueError, match="alpha"):
+        loss.load_state_dict({"_extra_state": {"alpha": -1.0}})
