@@ -5,6 +5,7 @@ Pure torch: usable from any training loop, never imports transformers.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -15,10 +16,13 @@ from torch import nn
 
 from .calibration import expected_calibration_error
 
-__all__ = ["FIT_METHODS", "TemperatureScaler"]
+__all__ = ["FIT_METHODS", "NLL_MAX_T", "NLL_MIN_T", "TemperatureScaler"]
 
 #: Valid values of `TemperatureScaler.fit(method=...)`.
 FIT_METHODS = ("nll", "ece_grid")
+#: Range of the NLL fit: wide enough for any trained model (the paper's grid spans 0.1 ... 10).
+NLL_MIN_T, NLL_MAX_T = 0.01, 100.0
+logger = logging.getLogger(__name__)
 
 
 def _paper_grid() -> list[float]:
@@ -151,8 +155,9 @@ class TemperatureScaler(nn.Module):
                 Integer class indices in `[0, C)`, or `ignore_index`.
             method (`str`, *optional*, defaults to `"nll"`):
                 `"nll"` minimises the mean negative log-likelihood of `softmax(logits / T)` with L-BFGS on `log T`
-                in float64, starting from `T = 1` (Guo et al., 2017); if every position is right with a huge margin
-                the NLL has no minimum and its gradient vanishes, so `T` stays near 1. `"ece_grid"` is the MbLS paper's procedure:
+                in float64, starting from `T = 1` (Guo et al., 2017), within `[NLL_MIN_T, NLL_MAX_T]` = `[0.01, 100]`
+                (a bound is taken, with a warning, when the NLL keeps falling beyond it: predictions no better than
+                uniform); if every position is right with a huge margin the gradient vanishes and `T` stays near 1. `"ece_grid"` is the MbLS paper's procedure:
                 evaluate the ECE (`n_bins` equal-width bins) at every `T` of `grid` and keep the lowest; ties go
                 to the first (smallest index) grid point.
             ignore_index (`int`, *optional*, defaults to `-100`):
@@ -201,10 +206,22 @@ class TemperatureScaler(nn.Module):
 
         with torch.enable_grad():
             optimizer.step(closure)
-        temperature = math.exp(log_t.item())
-        if not math.isfinite(temperature) or temperature <= 0:
-            # Only reachable when the NLL has no minimum (e.g. every position correct with a huge margin).
-            raise ValueError(f"NLL fit did not converge to a finite temperature (got {temperature}).")
+        log_temperature = log_t.item()
+        if not math.isfinite(log_temperature):
+            raise ValueError(f"NLL fit did not converge to a finite temperature (got log T = {log_temperature}).")
+        # The NLL is unimodal in log T, so the optimum over [NLL_MIN_T, NLL_MAX_T] is the nearest bound when the
+        # unconstrained one lies outside. That happens when predictions are no better than uniform (T -> inf; a
+        # huge T also rounds float32 logits into ties and changes the arg-max) or all right with a huge margin.
+        temperature = min(max(math.exp(min(log_temperature, 700.0)), NLL_MIN_T), NLL_MAX_T)
+        if temperature in (NLL_MIN_T, NLL_MAX_T):
+            logger.warning(
+                "Temperature scaling: the NLL optimum lies outside [%s, %s] (log T = %.3g); using T = %s. The "
+                "held-out predictions are close to uniform (or all right with a huge margin).",
+                NLL_MIN_T,
+                NLL_MAX_T,
+                log_temperature,
+                temperature,
+            )
         return temperature
 
     @staticmethod

@@ -279,3 +279,18 @@ def test_bad_fit_inputs():
         scaler.fit(torch.randn(4, 3), torch.zeros(4))
     with pytest.raises(TypeError, match="logits"):
         scaler.fit("logits", torch.zeros(4, dtype=torch.long))
+
+
+def test_nll_fit_stays_in_range_for_chance_level_predictions(caplog):
+    # Every label is the least likely class: any sharpening hurts, the NLL keeps falling as T grows (uniform is the
+    # limit), so the fit takes the upper bound and says so, instead of a T of millions that rounds float32 logits
+    # into ties and changes the arg-max.
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2000, 10, generator=g)
+    labels = logits.argmin(dim=1)
+    with caplog.at_level("WARNING", logger="mbls_nlp.temperature"):
+        scaler = TemperatureScaler().fit(logits, labels)
+    assert scaler.temperature == mbls_nlp.temperature.NLL_MAX_T
+    assert "outside" in caplog.text
+    # the arg-max (accuracy) is unchanged by the bounded temperature
+    assert torch.equal(scaler(logits).argmax(1), logits.argmax(1))
