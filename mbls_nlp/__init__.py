@@ -19,6 +19,7 @@ from .calibration_config import CalibrationConfig
 from .calibration_trainer import CalibrationTrainer
 from .loss_adapter import LossAdapter
 from .losses import LOSS_NAMES, CalibrationLoss, MarginLoss, build_loss
+from .plotting import reliability_diagram, save_reliability_diagram
 from .temperature import TemperatureScaler
 
 try:
@@ -50,4 +51,6 @@ __all__ = [
     "maximum_calibration_error",
     "negative_log_likelihood",
     "reliability_bins",
+    "reliability_diagram",
+    "save_reliability_diagram",
 ]

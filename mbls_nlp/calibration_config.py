@@ -8,11 +8,11 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .losses import LOSS_NAMES, build_loss
+from .temperature import FIT_METHODS as TEMPERATURE_METHODS
 
 __all__ = ["CalibrationConfig"]
 
 ALPHA_SCHEDULES = ("", "add", "multiply", "step")
-TEMPERATURE_METHODS = ("nll", "ece_grid")
 
 
 @dataclass
