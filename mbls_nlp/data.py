@@ -10,11 +10,14 @@
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import datasets
+import numpy as np
+import torch
 from transformers import PreTrainedTokenizerFast
 
 # Extension (lowercase, compression suffix included) -> `datasets` packaged builder. Longest suffixes are tried
@@ -89,8 +92,9 @@ def load_local_dataset(
     # Validate every extension and existence before loading anything, so a typo fails fast.
     builders = {split: _builder_for(path, f"{split}_file") for split, path in files.items()}
     for split, path in files.items():
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"`{split}_file` does not exist: {os.fspath(path)!r}.")
+        # A glob pattern (sharded files such as "train-*.parquet") must match at least one file.
+        if not (os.path.isfile(path) or glob.glob(os.fspath(path))):
+            raise FileNotFoundError(f"`{split}_file` does not exist (or matches no file): {os.fspath(path)!r}.")
     out = datasets.DatasetDict()
     for split, path in files.items():
         out[split] = datasets.load_dataset(
@@ -174,6 +178,152 @@ def train_validation_split(
         train = train.cast_column(stratify_by_column, feature)
         validation = validation.cast_column(stratify_by_column, feature)
     return datasets.DatasetDict(train=train, validation=validation)
+
+
+def _as_class_label(dataset: datasets.DatasetDict, label_column: str) -> datasets.DatasetDict:
+    # Integer labels take their names from a `<label>_text` column when there is one (20 Newsgroups files and the
+    # SetFit Hub copy have `label_text`); string labels are encoded in sorted order.
+    feature = next(iter(dataset.values())).features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return dataset
+    if isinstance(feature, datasets.Value) and feature.dtype == "string":
+        names = sorted(set().union(*(split.unique(label_column) for split in dataset.values())))
+        return dataset.cast_column(label_column, datasets.ClassLabel(names=names))
+    if not (isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))):
+        raise ValueError(f"`label_column` {label_column!r} must hold integers or strings, got {feature}.")
+    values = set().union(*(split.unique(label_column) for split in dataset.values()))
+    if min(values) < 0:
+        raise ValueError(f"`label_column` {label_column!r} holds negative labels: {sorted(values)[:5]}.")
+    names = [str(i) for i in range(max(values) + 1)]
+    text_column = f"{label_column}_text"
+    if all(text_column in split.column_names for split in dataset.values()):
+        pairs = set()
+        for split in dataset.values():
+            pairs.update(zip(split[label_column], split[text_column]))
+        if len(pairs) == len(values):  # a consistent one-to-one mapping
+            for label, name in pairs:
+                names[label] = name
+    return dataset.cast_column(label_column, datasets.ClassLabel(names=names))
+
+
+def _subsample(dataset: datasets.Dataset, max_samples: int | None, seed: int, argument: str) -> datasets.Dataset:
+    if max_samples is None or max_samples >= dataset.num_rows:
+        return dataset
+    if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
+        raise ValueError(f"`{argument}` must be a positive integer or None, got {max_samples!r}.")
+    # A seeded shuffle first: files sorted by class (CIFAR-10 here, 20 Newsgroups) would otherwise give one class.
+    return dataset.shuffle(seed=seed).select(range(max_samples))
+
+
+def load_classification_splits(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_file: str | os.PathLike | None = None,
+    validation_file: str | os.PathLike | None = None,
+    test_file: str | os.PathLike | None = None,
+    label_column: str = "label",
+    validation_split_percentage: float = 10.0,
+    seed: int = 42,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    max_test_samples: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> datasets.DatasetDict:
+    r"""
+    Load a classification dataset as `train`, `validation` and `test` splits with a `ClassLabel` label column.
+
+    Local files win over `dataset_name` when any is given (see [`load_local_dataset`]). A missing validation split is
+    carved from train with a seeded split stratified on the labels ([`train_validation_split`]); the test split is
+    never used for it. The `max_*_samples` limits keep a seeded random subset of each split.
+
+    Args:
+        dataset_name (`str`, *optional*): a Hub dataset name or local dataset folder, for `datasets.load_dataset`.
+        dataset_config_name (`str`, *optional*): its configuration name.
+        train_file, validation_file, test_file (`str` or `os.PathLike`, *optional*): local files.
+        label_column (`str`, *optional*, defaults to `"label"`): integer or string labels; names of integer labels
+            come from a `<label_column>_text` column when present.
+        validation_split_percentage (`float`, *optional*, defaults to `10.0`): share of train held out as validation
+            when there is no validation split.
+        seed (`int`, *optional*, defaults to `42`): seed of the split and the subsets.
+        max_train_samples, max_eval_samples, max_test_samples (`int`, *optional*): size limits of train,
+            validation and test.
+        cache_dir (`str` or `os.PathLike`, *optional*): cache folder of `datasets`.
+
+    Returns:
+        `datasets.DatasetDict` with `"train"`, `"validation"` and `"test"`; `features[label_column].names` are the
+        class names.
+    """
+    if train_file is not None or validation_file is not None or test_file is not None:
+        raw = load_local_dataset(train_file, validation_file, test_file, cache_dir=cache_dir)
+    elif dataset_name is not None:
+        raw = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+    else:
+        raise ValueError("Give `dataset_name` or local files (`train_file`, `validation_file`, `test_file`).")
+    missing = [split for split in ("train", "test") if split not in raw]
+    if missing:
+        raise ValueError(f"The data has no {missing} split(s); it has {list(raw)}. Both train and test are needed.")
+    if "validation" not in raw and "valid" in raw:
+        raw["validation"] = raw.pop("valid")
+    if label_column not in raw["train"].column_names:
+        raise ValueError(f"`label_column` {label_column!r} is not a column; columns: {raw['train'].column_names}.")
+    raw = datasets.DatasetDict({split: raw[split] for split in ("train", "validation", "test") if split in raw})
+    raw = _as_class_label(raw, label_column)
+    if "validation" not in raw:
+        parts = train_validation_split(
+            raw["train"], validation_split_percentage, seed, stratify_by_column=label_column
+        )
+        raw["train"], raw["validation"] = parts["train"], parts["validation"]
+    return datasets.DatasetDict(
+        train=_subsample(raw["train"], max_train_samples, seed, "max_train_samples"),
+        validation=_subsample(raw["validation"], max_eval_samples, seed, "max_eval_samples"),
+        test=_subsample(raw["test"], max_test_samples, seed, "max_test_samples"),
+    )
+
+
+def random_crop_and_flip(images: list, padding: int = 4, generator: torch.Generator | None = None) -> list:
+    r"""
+    The standard CIFAR augmentation, without torchvision: zero-pad each image by `padding` pixels, take a random crop
+    of the original size, and flip it horizontally with probability 1/2 (torchvision's
+    `RandomCrop(size, padding=padding)` + `RandomHorizontalFlip()`).
+
+    Args:
+        images (`list` of `PIL.Image.Image` or `numpy.ndarray` of shape `(H, W, C)`):
+            Images of one batch (sizes may differ).
+        padding (`int`, *optional*, defaults to `4`):
+            Zero padding on each side before cropping; `0` keeps only the flip.
+        generator (`torch.Generator`, *optional*):
+            Source of randomness (default: torch's global one, which `DataLoader` workers seed).
+
+    Returns:
+        `list` of `numpy.ndarray` `(H, W, C)` `uint8` images, ready for an image processor.
+    """
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"`padding` must be a non-negative integer, got {padding!r}.")
+    out = []
+    for image in images:
+        array = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        height, width = array.shape[:2]
+        padded = np.pad(array, ((padding, padding), (padding, padding), (0, 0)))
+        top, left, flip = torch.randint(0, 2 * padding + 1, (2,), generator=generator).tolist() + [
+            bool(torch.randint(0, 2, (1,), generator=generator))
+        ]
+        crop = padded[top : top + height, left : left + width]
+        out.append(np.ascontiguousarray(crop[:, ::-1] if flip else crop))
+    return out
+
+
+def image_column_of(dataset: datasets.Dataset, image_column: str | None = None) -> str:
+    """The name of the image column: `image_column` if given (checked), else the first `Image` feature."""
+    if image_column is not None:
+        if image_column not in dataset.column_names:
+            raise ValueError(f"`image_column` {image_column!r} is not a column; columns: {dataset.column_names}.")
+        return image_column
+    for name, feature in dataset.features.items():
+        if isinstance(feature, datasets.Image):
+            return name
+    raise ValueError(f"No Image column found among {dataset.column_names}; pass `image_column`.")
 
 
 # --- 20 Newsgroups cleaning ------------------------------------------------------------------------------------
@@ -447,8 +597,11 @@ __all__ = [
     "NEWSGROUPS_CLEANUP_MODES",
     "clean_newsgroups",
     "clean_newsgroups_text",
+    "image_column_of",
+    "load_classification_splits",
     "load_local_dataset",
     "load_newsgroups",
+    "random_crop_and_flip",
     "train_validation_split",
     "train_word_tokenizer",
 ]

@@ -13,8 +13,11 @@ from transformers import AutoTokenizer
 from mbls_nlp.data import (
     clean_newsgroups,
     clean_newsgroups_text,
+    image_column_of,
+    load_classification_splits,
     load_local_dataset,
     load_newsgroups,
+    random_crop_and_flip,
     train_validation_split,
     train_word_tokenizer,
 )
@@ -260,3 +263,81 @@ def test_word_tokenizer_on_real_messages_is_deterministic_and_round_trips(newsgr
     assert reloaded(sample, **kwargs) == tok(sample, **kwargs)
     assert reloaded.model_max_length == 64 and reloaded.truncation_side == "left"
     assert all(len(ids) == 64 for ids in tok(sample, **kwargs)["input_ids"])
+
+
+# --- classification splits and image helpers ---------------------------------------------------------------------
+
+
+def test_classification_splits_carve_validation_from_train_only(tmp_path):
+    rows = [{"text": f"t{i}", "label": ["cat", "dog", "eel"][i % 3]} for i in range(60)]
+    _write(tmp_path / "train.jsonl", rows)
+    _write(tmp_path / "test.csv", rows[:9])
+    splits = load_classification_splits(
+        train_file=tmp_path / "train.jsonl", test_file=tmp_path / "test.csv", validation_split_percentage=20, seed=1
+    )
+    assert splits["train"].features["label"].names == ["cat", "dog", "eel"]  # strings encoded in sorted order
+    assert (splits["train"].num_rows, splits["validation"].num_rows, splits["test"].num_rows) == (48, 12, 9)
+    assert not set(splits["train"]["text"]) & set(splits["validation"]["text"])
+    assert collections.Counter(splits["validation"]["label"]) == {0: 4, 1: 4, 2: 4}  # stratified
+    limited = load_classification_splits(
+        train_file=tmp_path / "train.jsonl", test_file=tmp_path / "test.csv", max_train_samples=5, max_test_samples=3
+    )
+    assert (limited["train"].num_rows, limited["test"].num_rows) == (5, 3)
+    with pytest.raises(ValueError, match="test"):
+        load_classification_splits(train_file=tmp_path / "train.jsonl")
+    with pytest.raises(ValueError, match="label_column"):
+        load_classification_splits(
+            train_file=tmp_path / "train.jsonl", test_file=tmp_path / "test.csv", label_column="target"
+        )
+    with pytest.raises(ValueError, match="max_train_samples"):
+        load_classification_splits(
+            train_file=tmp_path / "train.jsonl", test_file=tmp_path / "test.csv", max_train_samples=0
+        )
+
+
+@needs_newsgroups
+def test_classification_splits_name_integer_labels_from_label_text():
+    splits = load_classification_splits(
+        train_file=NEWSGROUPS_DIR / "train.jsonl.gz",
+        test_file=NEWSGROUPS_DIR / "test.jsonl.gz",
+        max_train_samples=50,
+        max_eval_samples=20,
+        max_test_samples=20,
+    )
+    names = splits["train"].features["label"].names
+    assert len(names) == 20 and names[0] == "alt.atheism" and names[19] == "talk.religion.misc"
+    for row in splits["test"]:
+        assert names[row["label"]] == row["label_text"]
+
+
+def test_random_crop_and_flip_matches_the_padded_crop_definition():
+    import numpy as np
+    import torch
+
+    image = np.arange(5 * 6 * 3, dtype=np.uint8).reshape(5, 6, 3)
+    seen_flip = seen_shift = False
+    for seed in range(40):
+        (out,) = random_crop_and_flip([image], padding=2, generator=torch.Generator().manual_seed(seed))
+        assert out.shape == image.shape and out.dtype == np.uint8
+        # Every output is a 5x6 window of the zero-padded image, possibly mirrored.
+        padded = np.pad(image, ((2, 2), (2, 2), (0, 0)))
+        windows = [padded[t : t + 5, x : x + 6] for t in range(5) for x in range(5)]
+        flipped = any(np.array_equal(out, w[:, ::-1]) for w in windows)
+        assert flipped or any(np.array_equal(out, w) for w in windows)
+        seen_flip |= flipped and not np.array_equal(out, out[:, ::-1])
+        seen_shift |= not (np.array_equal(out, image) or np.array_equal(out, image[:, ::-1]))
+    assert seen_flip and seen_shift
+    (same,) = random_crop_and_flip([image], padding=0, generator=torch.Generator().manual_seed(0))
+    assert np.array_equal(same, image) or np.array_equal(same, image[:, ::-1])
+    with pytest.raises(ValueError, match="padding"):
+        random_crop_and_flip([image], padding=-1)
+
+
+def test_image_column_of():
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.Value("int64")})
+    ds = datasets.Dataset.from_dict({"img": [], "label": []}, features=features)
+    assert image_column_of(ds) == "img" and image_column_of(ds, "img") == "img"
+    with pytest.raises(ValueError, match="image_column"):
+        image_column_of(ds, "image")
+    with pytest.raises(ValueError, match="Image column"):
+        image_column_of(ds.remove_columns("img"))
