@@ -325,6 +325,20 @@ def test_aece_counts_every_sample_and_handles_fewer_samples_than_bins():
     assert adaptive_calibration_error(probs, labels, n_bins=1, from_logits=False) == pytest.approx(0.4 / 3)
 
 
+@pytest.mark.parametrize("n_bins", [1, 4, 7, 15, 2000])
+def test_aece_ties_follow_stable_sort_in_float32_and_float64(n_bins):
+    # few distinct confidences -> many ties across group boundaries; float32 takes the partition path, float64 the
+    # stable sort; both must equal the reference's stable argsort (2000 bins > 1001 samples: empty groups too)
+    gen = np.random.default_rng(0)
+    conf = gen.choice([0.5, 0.625, 0.75, 0.875], size=1001)  # exact in float32
+    probs64 = np.stack([conf, 1.0 - conf], axis=1)
+    labels = gen.integers(0, 2, size=1001)
+    expected = reference(probs64, labels, n_bins)["aece"]
+    for dtype in (np.float32, np.float64):
+        ours = adaptive_calibration_error(probs64.astype(dtype), labels, n_bins=n_bins, from_logits=False)
+        assert ours == pytest.approx(expected, abs=1e-12), dtype
+
+
 def test_cece_uses_all_classes_from_the_shape():
     # labels only use classes 0 and 1, but there are 4 classes: the mean is over 4
     probs = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.1, 0.7, 0.1, 0.1]], dtype=torch.float64)
