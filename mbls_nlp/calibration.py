@@ -219,16 +219,16 @@ def _scan_chunk(x, y, valid, start, stop, from_logits, n_bins, need, need_py, bu
     return {k: v.cpu() for k, v in out.items()}
 
 
-def _in_single_threaded_torch(fn, *args):
+def _in_single_threaded_torch(restore_to: int, fn, *args):
     # Each worker runs its torch ops single-threaded: then no op waits at an OpenMP barrier for a thread that the
     # OS has descheduled. On a shared CPU those waits cost a scheduler slice per op (measured: a 100k-element op
-    # taking 8 ms instead of 0.05 ms), and the pool still uses every core. The setting is restored afterwards.
-    previous = torch.get_num_threads()
+    # taking 8 ms instead of 0.05 ms), and the pool still uses every core. The setting is restored afterwards to
+    # the caller's value (read once in the calling thread: another worker may be mid-chunk at 1 thread).
     torch.set_num_threads(1)
     try:
         return fn(*args)
     finally:
-        torch.set_num_threads(previous)
+        torch.set_num_threads(restore_to)
 
 
 def _scan(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor | None, from_logits: bool, n_bins: int, need: set):
@@ -239,7 +239,8 @@ def _scan(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor | None, from_log
     need_py = bool(need & {"brier", "cece"}) or ("nll" in need and not from_logits)
     starts = range(0, x.shape[0], rows)
     args = (x, y, valid, from_logits, n_bins, need, need_py)
-    workers = min(len(starts), torch.get_num_threads())
+    threads = torch.get_num_threads()
+    workers = min(len(starts), threads)
     if workers <= 1 or x.device.type != "cpu":
         buffers: dict = {}
         chunks = [_scan_chunk(x, y, valid, s, s + rows, *args[3:], buffers) for s in starts]
@@ -249,7 +250,7 @@ def _scan(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor | None, from_log
         def work(s):
             if not hasattr(local, "buffers"):
                 local.buffers = {}
-            return _in_single_threaded_torch(_scan_chunk, x, y, valid, s, s + rows, *args[3:], local.buffers)
+            return _in_single_threaded_torch(threads, _scan_chunk, x, y, valid, s, s + rows, *args[3:], local.buffers)
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             chunks = list(pool.map(work, starts))

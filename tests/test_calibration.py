@@ -496,3 +496,17 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(calibration)
     assert result.attempted >= 9 and result.failed == 0
+
+
+def test_thread_settings_are_restored():
+    import threading
+
+    before = torch.get_num_threads()
+    logits, labels = random_logits(300_000, 3, seed=0, dtype=torch.float32)  # several chunks -> the worker pool
+    calibration_report(logits, labels)
+    assert torch.get_num_threads() == before
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert seen == [before]  # a fresh thread still gets the process default
