@@ -36,7 +36,6 @@ of size `N * C` is copied to float64. Classwise bins only need the few `p_k > 1/
 row); everything else is in bin 0, whose sum comes from the column sums. On CPU the chunks are shared by a pool of
 `torch.get_num_threads()` worker threads that each run torch single-threaded (the caller's setting is restored).
 """
-"""
 
 from __future__ import annotations
 
