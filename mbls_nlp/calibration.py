@@ -204,31 +204,61 @@ def _scan_chunk(x, y, valid, start, stop, from_logits, n_bins, need, need_py, bu
         conf = p.gather(1, pred.unsqueeze(1)).squeeze(1)
     else:
         conf, pred = p.max(dim=1)
-    out = {"conf": conf, "correct": pred == yc, "y": yc}
+    # Everything below is reduced per chunk, inside the worker, to a few float64 numbers or per-bin sums: fresh
+    # N-sized float64 arrays are expensive here (page faults) and the reductions then run in parallel.
+    conf_np = conf.cpu().numpy()
+    correct_np = (pred == yc).cpu().numpy()
+    conf64 = conf_np.astype(np.float64)
+    bins = _bin_index(conf64, n_bins)
+    out = {
+        "conf": conf_np,
+        "correct": correct_np,
+        "count": np.bincount(bins, minlength=n_bins),
+        "conf_sum": np.bincount(bins, weights=conf64, minlength=n_bins),
+        "acc_sum": np.bincount(bins, weights=correct_np, minlength=n_bins),
+    }
+    y_np = yc.cpu().numpy()
     if need_py:
-        out["p_true"] = p.gather(1, yc1).squeeze(1)
+        p_true = p.gather(1, yc1).squeeze(1).cpu().numpy().astype(np.float64)
+        out["p_true_sum"] = p_true.sum()
     if "nll" in need and from_logits:
         # log p_y = x_y - logsumexp(x), and logsumexp(x) = x_k - log p_k for any k; k = pred has p_k >= 1/C, so the
-        # log is well conditioned and the NLL finite even where p_y underflows to 0. Assembled in float64 later.
-        out["x_true"] = xc.gather(1, yc1).squeeze(1)
-        out["x_pred"] = xc.gather(1, pred.unsqueeze(1)).squeeze(1)
-    if "brier" in need:
-        # squares in the chunk's dtype (rounding is unbiased), their sum accumulated in float64
-        out["sq_sum"] = torch.mul(p, p, out=_buffer(buffers, "sq", p)).sum(dtype=torch.float64)
+        # log is well conditioned and the NLL finite even where p_y underflows to 0.
+        x_true = xc.gather(1, yc1).squeeze(1).cpu().numpy().astype(np.float64)
+        x_pred = xc.gather(1, pred.unsqueeze(1)).squeeze(1).cpu().numpy().astype(np.float64)
+        out["nll_sum"] = np.sum(x_pred - x_true - np.log(conf64))
+    elif "nll" in need:
+        with np.errstate(divide="ignore"):
+            out["nll_sum"] = -np.sum(np.log(p_true))
+    if need & {"brier", "cece"}:
+        # float64 copy of the chunk into a reused buffer: column sums and sum of squares accumulate in float64
+        p64 = _buffer(buffers, "p64", p, torch.float64).copy_(p)
+        if "cece" in need:
+            out["col_sum"] = p64.sum(dim=0).cpu().numpy()
+        if "brier" in need:
+            out["sq_sum"] = float(p64.mul_(p64).sum())
     if "cece" in need:
-        out["col_sum"] = p.sum(dim=0, dtype=torch.float64)
+        num_classes = p.shape[1]
         # Elements at or below this threshold are surely in classwise bin 0 (p <= 1/n); only those above it (fewer
         # than n_bins per row, since a row sums to 1) are binned one by one; bin 0's sum comes from column sums.
         threshold = (1.0 / n_bins) * (1.0 - 1e-6)
         flat = p.view(-1)
         if on_cpu:  # numpy's compare + flatnonzero: ~4x faster than torch.nonzero here
             mask = _buffer(buffers, "mask", flat, torch.bool).numpy()
-            idx = torch.from_numpy(np.flatnonzero(np.greater(flat.numpy(), threshold, out=mask)))
+            idx = np.flatnonzero(np.greater(flat.numpy(), threshold, out=mask))
+            sel_vals = flat.numpy()[idx].astype(np.float64)
         else:
-            idx = torch.nonzero(flat > threshold).squeeze(1)
-        out["sel_vals"] = flat[idx]
-        out["sel_cls"] = idx.remainder_(p.shape[1])
-    return {k: v.cpu() for k, v in out.items()}
+            idx_t = torch.nonzero(flat > threshold).squeeze(1)
+            idx, sel_vals = idx_t.cpu().numpy(), flat[idx_t].cpu().numpy().astype(np.float64)
+        sel_cls = idx % num_classes
+        keys = sel_cls * n_bins + _bin_index(sel_vals, n_bins)
+        p_sum = np.bincount(keys, weights=sel_vals, minlength=num_classes * n_bins).reshape(num_classes, n_bins)
+        # everything not selected lies in bin 0: its sum is the column sum minus the selected part
+        p_sum[:, 0] += out["col_sum"] - np.bincount(sel_cls, weights=sel_vals, minlength=num_classes)
+        out["p_sum"] = p_sum
+        hit_keys = y_np * n_bins + _bin_index(p_true, n_bins)
+        out["hits"] = np.bincount(hit_keys, minlength=num_classes * n_bins).reshape(num_classes, n_bins)
+    return out
 
 
 def _in_single_threaded_torch(restore_to: int, fn, *args):
@@ -267,52 +297,30 @@ def _scan(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor | None, from_log
         with ThreadPoolExecutor(max_workers=workers) as pool:
             chunks = list(pool.map(work, starts))
     chunks = [c for c in chunks if c is not None]
-
-    def cat(key):
-        return np.concatenate([c[key].numpy() for c in chunks])
-
-    out = {"conf": cat("conf"), "correct": cat("correct"), "y": cat("y")}
-    out["count"] = len(out["y"])
-    if need_py:
-        out["p_true"] = cat("p_true").astype(np.float64)
-    if "nll" in need and from_logits:
-        x_pred, x_true = cat("x_pred").astype(np.float64), cat("x_true").astype(np.float64)
-        out["nll_sum"] = float(np.sum(x_pred - x_true - np.log(out["conf"].astype(np.float64))))
-    elif "nll" in need:
-        with np.errstate(divide="ignore"):
-            out["nll_sum"] = float(-np.sum(np.log(out["p_true"])))
-    if "brier" in need:
-        out["sq_sum"] = math.fsum(float(c["sq_sum"]) for c in chunks)
-    if "cece" in need:
-        out["col_sum"] = np.sum([c["col_sum"].numpy() for c in chunks], axis=0)
-        out["sel_vals"] = cat("sel_vals").astype(np.float64)
-        out["sel_cls"] = cat("sel_cls")
+    out = {
+        "conf": np.concatenate([c["conf"] for c in chunks]),
+        "correct": np.concatenate([c["correct"] for c in chunks]),
+    }
+    out["m"] = out["conf"].size
+    for key in ("count", "conf_sum", "acc_sum", "p_sum", "hits"):
+        if key in chunks[0]:
+            out[key] = np.sum([c[key] for c in chunks], axis=0)
+    for key in ("p_true_sum", "nll_sum", "sq_sum"):
+        if key in chunks[0]:
+            out[key] = math.fsum(float(c[key]) for c in chunks)
     return out
 
 
-def _top_label_bins(stats: dict, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per equal-width bin: count, sum of confidences, number correct (float64)."""
-    conf = stats["conf"].astype(np.float64)
-    bins = _bin_index(conf, n_bins)
-    count = np.bincount(bins, minlength=n_bins).astype(np.float64)
-    conf_sum = np.bincount(bins, weights=conf, minlength=n_bins)
-    acc_sum = np.bincount(bins, weights=stats["correct"], minlength=n_bins)
-    return count, conf_sum, acc_sum
-
-
-def _metric(name: str, stats: dict, n_bins: int, cache: dict) -> float:
-    m = stats["count"]
-    if name in ("ece", "mce") and "bins" not in cache:
-        cache["bins"] = _top_label_bins(stats, n_bins)
+def _metric(name: str, stats: dict, n_bins: int) -> float:
+    m = stats["m"]
     if name == "accuracy":
         return float(np.count_nonzero(stats["correct"]) / m)
     if name == "ece":
-        count, conf_sum, acc_sum = cache["bins"]
-        return float(np.abs(acc_sum - conf_sum).sum() / m)
+        return float(np.abs(stats["acc_sum"] - stats["conf_sum"]).sum() / m)
     if name == "mce":
-        count, conf_sum, acc_sum = cache["bins"]
-        nonempty = count > 0
-        return float((np.abs(acc_sum[nonempty] - conf_sum[nonempty]) / count[nonempty]).max())
+        nonempty = stats["count"] > 0
+        gaps = np.abs(stats["acc_sum"][nonempty] - stats["conf_sum"][nonempty]) / stats["count"][nonempty]
+        return float(gaps.max())
     if name == "aece":
         sizes = np.full(n_bins, m // n_bins, dtype=np.int64)
         sizes[: m % n_bins] += 1
@@ -328,24 +336,17 @@ def _metric(name: str, stats: dict, n_bins: int, cache: dict) -> float:
         else:
             order = np.argsort(conf, kind="stable")
         group = np.repeat(np.arange(n_bins), sizes)
-        conf_sum = np.bincount(group, weights=stats["conf"][order].astype(np.float64), minlength=n_bins)
+        conf_sum = np.bincount(group, weights=conf[order].astype(np.float64), minlength=n_bins)
         acc_sum = np.bincount(group, weights=stats["correct"][order], minlength=n_bins)
         return float(np.abs(acc_sum - conf_sum).sum() / m)
     if name == "cece":
-        num_classes = stats["col_sum"].size
-        sel_vals, sel_cls = stats["sel_vals"], stats["sel_cls"]
-        keys = sel_cls * n_bins + _bin_index(sel_vals, n_bins)
-        p_sum = np.bincount(keys, weights=sel_vals, minlength=num_classes * n_bins).reshape(num_classes, n_bins)
-        # everything not selected lies in bin 0: its sum is the column sum minus the selected part
-        p_sum[:, 0] += stats["col_sum"] - np.bincount(sel_cls, weights=sel_vals, minlength=num_classes)
-        hit_keys = stats["y"] * n_bins + _bin_index(stats["p_true"], n_bins)
-        hits = np.bincount(hit_keys, minlength=num_classes * n_bins).reshape(num_classes, n_bins)
-        return float(np.abs(hits - p_sum).sum() / (m * num_classes))
+        num_classes = stats["p_sum"].shape[0]
+        return float(np.abs(stats["hits"] - stats["p_sum"]).sum() / (m * num_classes))
     if name == "nll":
         return stats["nll_sum"] / m
     if name == "brier":
         # sum_k (p_k - 1[y=k])^2 = sum_k p_k^2 - 2 p_y + 1
-        return float((stats["sq_sum"] - 2.0 * stats["p_true"].sum()) / m + 1.0)
+        return (stats["sq_sum"] - 2.0 * stats["p_true_sum"]) / m + 1.0
     raise AssertionError(name)  # unreachable: names come from METRIC_NAMES
 
 
@@ -366,8 +367,7 @@ def _compute(names, scores, labels, n_bins, from_logits, ignore_index) -> dict[s
     need = set().union(*(_NEEDS[n] for n in names))
     with torch.no_grad():
         stats = _scan(x, y, valid, bool(from_logits), n_bins, need)
-        cache: dict = {}
-        return {n: _metric(n, stats, n_bins, cache) for n in names}
+        return {n: _metric(n, stats, n_bins) for n in names}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -562,7 +562,7 @@ def reliability_bins(scores, labels, *, n_bins=15, from_logits=True, ignore_inde
     x, y, valid = _prepare(scores, labels, int(ignore_index))
     with torch.no_grad():
         stats = _scan(x, y, valid, bool(from_logits), n_bins, {"top"})
-        count, conf_sum, acc_sum = (a.tolist() for a in _top_label_bins(stats, n_bins))
+        count, conf_sum, acc_sum = (stats[k].tolist() for k in ("count", "conf_sum", "acc_sum"))
     return {
         "bin_lower": [b / n_bins for b in range(n_bins)],
         "bin_upper": [(b + 1) / n_bins for b in range(n_bins)],
