@@ -252,7 +252,9 @@ def _scan_chunk(x, y, valid, start, stop, from_logits, n_bins, need, need_py, bu
             idx, sel_vals = idx_t.cpu().numpy(), flat[idx_t].cpu().numpy().astype(np.float64)
         sel_cls = idx % num_classes
         keys = sel_cls * n_bins + _bin_index(sel_vals, n_bins)
-        p_sum = np.bincount(keys, weights=sel_vals, minlength=num_classes * n_bins).reshape(num_classes, n_bins)
+        # astype: np.bincount returns int64 when nothing was selected, even with (empty) float weights
+        p_sum = np.bincount(keys, weights=sel_vals, minlength=num_classes * n_bins).astype(np.float64)
+        p_sum = p_sum.reshape(num_classes, n_bins)
         # everything not selected lies in bin 0: its sum is the column sum minus the selected part
         p_sum[:, 0] += out["col_sum"] - np.bincount(sel_cls, weights=sel_vals, minlength=num_classes)
         out["p_sum"] = p_sum

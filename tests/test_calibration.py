@@ -510,3 +510,19 @@ def test_thread_settings_are_restored():
     thread.start()
     thread.join()
     assert seen == [before]  # a fresh thread still gets the process default
+
+
+@pytest.mark.parametrize("n_bins, num_classes", [(1, 5), (3, 2), (100, 5), (15, 40)])
+def test_equals_reference_for_other_bin_and_class_counts(n_bins, num_classes):
+    # n_bins=1 and 100 exercise the sparse classwise path's threshold at both extremes
+    logits, labels = random_logits(3_000, num_classes, seed=n_bins + num_classes, dtype=torch.float32)
+    probs = torch.softmax(logits, dim=1)
+    ref = reference(probs.double().numpy(), labels.numpy(), n_bins)
+    ours = calibration_report(probs, labels, n_bins=n_bins, from_logits=False)
+    assert_reports_close(ours, ref, atol=1e-9)
+
+
+def test_single_class():
+    # one class: p = 1 everywhere, always right -> every calibration error 0, nll 0, brier 0
+    r = calibration_report(torch.randn(7, 1), torch.zeros(7, dtype=torch.long))
+    assert r == {"accuracy": 1.0, "ece": 0.0, "aece": 0.0, "cece": 0.0, "mce": 0.0, "nll": 0.0, "brier": 0.0}
