@@ -39,9 +39,11 @@ __all__ = [
 LOSS_NAMES: tuple[str, ...] = ("ce", "ls", "focal", "flsd", "ecp", "mmce", "brier", "mbls")
 _REDUCTIONS = ("mean", "sum", "none")
 _SCHEDULES = ("", "add", "multiply", "step")
-# Rows are processed in blocks of about this many elements (1 MiB of float32) so that the several elementwise passes
-# of the fused MbLS kernel hit the L2 cache instead of main memory (issue 5: each eager op is one pass over memory).
-_BLOCK_ELEMENTS = 1 << 18
+# Rows are processed in blocks of about this many elements (2 MiB of float32) so that the several elementwise passes
+# of the fused MbLS kernel hit the cache instead of main memory (issue 5: each eager op is one pass over memory).
+# Not smaller: every op is a parallel region, and on a shared, oversubscribed CPU each one can stall on a
+# descheduled worker thread, so the number of ops per call matters too.
+_BLOCK_ELEMENTS = 1 << 19
 
 
 def _check_non_negative(name: str, value: float) -> float:
@@ -63,8 +65,8 @@ def _check_finite_non_negative(name: str, value: float) -> float:
 def _flatten_inputs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int):
     """Validates `logits`/`labels` and returns `(z, y, valid, n_valid)` with `z` `(M, C)` and `y`, `valid` `(M,)`.
 
-    All value checks are fused into a single host synchronisation (one `.tolist()`), so the cost is one extra read
-    of the logits (`isfinite`) and one of the labels; `benchmarks/bench_loss.py` measures it.
+    All value checks are fused into a single host synchronisation (one `.tolist()`); the logits are read once (a sum,
+    no temporary) and the labels a few times. `benchmarks/bench_loss.py` measures the cost (row `input checks`).
     """
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         got = logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -397,13 +399,12 @@ class _MarginCrossEntropy(torch.autograd.Function):
     Forward and backward each make one pass over the logits in main memory; the work is done in blocks of rows that
     fit in the L2 cache, with torch's fused (log-)softmax kernels for the cross-entropy part. Gradients:
     `d ce_i / d z_i = softmax(z_i) - onehot(y_i)` and
-    `d pen_i / d z_i = count_i * ties_i / n_ties_i - mask_i` with `mask_ik = 1[z_ik < max_i - margin]`,
-    `count_i = sum_k mask_ik`, `ties_ik = 1[z_ik == max_i]` (`relu'(0) = 0` as in torch).
+    `d pen_i / d z_i = count_i * onehot(argmax_i) - mask_i` with `mask_ik = 1[z_ik < max_i - margin]` and
+    `count_i = sum_k mask_ik` (`relu'(0) = 0` as in torch).
 
-    Tie rule: when several logits share the row maximum, the max's gradient is split evenly among them, exactly as
-    autograd through `z.amax(dim=1)` does. (Autograd through `z.max(dim=1).values`, as the reference code writes it,
-    sends it all to one index instead; both are valid subgradients and equal without ties. We use `amax` because
-    `torch.max` with indices is about ten times slower than `torch.amax` on CPU.)
+    Tie rule: when several logits share the row maximum, the max's gradient goes to the first of them
+    (`torch.argmax`, documented to return the first maximal index), as autograd through
+    `z.gather(1, z.argmax(1, keepdim=True))` does. Any choice is a valid subgradient; they agree without ties.
     """
 
     @staticmethod
@@ -424,13 +425,13 @@ class _MarginCrossEntropy(torch.autograd.Function):
             b.clamp_(min=0)
             torch.sum(b, 1, out=pen[s : s + rows])
         ce.neg_()
-        ctx.save_for_backward(z, y, mx, threshold)
+        ctx.save_for_backward(z, y, threshold)
         return ce, pen
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_ce, g_pen):
-        z, y, mx, threshold = ctx.saved_tensors
+        z, y, threshold = ctx.saved_tensors
         n, c = z.shape
         rows = max(1, _BLOCK_ELEMENTS // c)
         grad = torch.empty_like(z)
@@ -438,7 +439,6 @@ class _MarginCrossEntropy(torch.autograd.Function):
         if use_pen:
             mask = z.new_empty(min(rows, n), c)
             count = z.new_empty(n)
-            ties = z.new_empty(n)
             neg_g_pen = -g_pen
         for s in range(0, n, rows):
             zb = z[s : s + rows]
@@ -450,10 +450,10 @@ class _MarginCrossEntropy(torch.autograd.Function):
                 torch.lt(zb, threshold[s : s + rows, None], out=mb)
                 torch.sum(mb, 1, out=count[s : s + rows])
                 gb.addcmul_(mb, neg_g_pen[s : s + rows, None])
-                torch.eq(zb, mx[s : s + rows, None], out=mb)
-                torch.sum(mb, 1, out=ties[s : s + rows])
-                gb.addcmul_(mb, (g_pen[s : s + rows] * count[s : s + rows] / ties[s : s + rows])[:, None])
         grad.scatter_add_(1, y[:, None], -g_ce[:, None])
+        if use_pen:
+            # One argmax over all rows rather than a tie count per block: fewer, larger ops (see _BLOCK_ELEMENTS).
+            grad.scatter_add_(1, torch.argmax(z, dim=1, keepdim=True), (count * g_pen)[:, None])
         return grad, None, None
 
 
@@ -478,8 +478,8 @@ class MarginLoss(CalibrationLoss):
     Parts: `("ce", "margin")` with weights `(1, alpha)`; `margin` is the penalty averaged over classes (the reference's
     `loss_margin_l1` under `"mean"`). Ignored positions are excluded from both terms for any `ignore_index` (the
     reference only filters them for `ignore_index >= 0`). Forward and backward are fused by hand
-    (`_MarginCrossEntropy`) and equal autograd through the straightforward formula with `z.amax(dim=1)` (tied maxima share
-    the max's gradient evenly; see `_MarginCrossEntropy`).
+    (`_MarginCrossEntropy`) and equal autograd through the straightforward formula (tied maxima: the max's gradient goes to
+    the first maximal index, `torch.argmax`; see `_MarginCrossEntropy`).
 
     Alpha schedule (opt-in, as the reference; call `schedule_alpha(epoch)` once at the end of every epoch):
     `""` nothing; `"add"` `alpha = min(alpha + mu, max_alpha)`; `"multiply"` `alpha = min(alpha * mu, max_alpha)`;

@@ -47,7 +47,7 @@ def ref_rows(name, z, y, **kw):
         return ce + kw.get("weight", 1.0) * a * (k * a[None, :]).sum(1) / n
     if name == "mbls":
         margin, alpha = kw.get("margin", 10.0), kw.get("alpha", 0.1)
-        mx = z.amax(dim=1)  # tie rule: tied maxima share the max's gradient evenly (autograd of amax)
+        mx = z.gather(1, z.argmax(1, keepdim=True)).squeeze(1)  # tie rule: the max's grad goes to the first max
         return ce + alpha * F.relu((mx[:, None] - margin) - z).mean(1)
     raise AssertionError(name)
 
@@ -210,8 +210,8 @@ def test_mbls_fused_equals_autograd_reference(margin, reduction, monkeypatch):
 
 @pytest.mark.parametrize("margin", [0.0, 0.5])
 def test_mbls_ties_in_the_max(margin):
-    # Rows with two, three or four equal maxima. Tie rule: tied maxima share the max's gradient evenly, the same as
-    # autograd through z.amax(dim=1) in the reference above.
+    # Rows with two, three or four equal maxima. Tie rule: the max's gradient goes to the first maximal index
+    # (torch.argmax), the same as autograd through the gather in the reference above.
     z = torch.tensor(
         [[2.0, 2.0, 0.0, -1.0], [1.0, 3.0, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0], [5.0, -2.0, 5.0, 1.0]], dtype=torch.float64
     )
@@ -221,12 +221,12 @@ def test_mbls_ties_in_the_max(margin):
     ref_rows("mbls", z2, y, margin=margin, alpha=2.0).sum().backward()
     torch.testing.assert_close(z1.grad, z2.grad, rtol=0, atol=1e-14)
     # Hand check of row 0 with margin 0: p = [e^2, e^2, 1, e^-1] / S; penalty entries relu(2 - z_k) = [0, 0, 2, 3]
-    # (the tied maxima have relu(0) = 0 and relu'(0) = 0), count 2 shared by the two maxima -> margin grad
-    # alpha/C * [1, 1, -1, -1] with alpha/C = 2/4.
+    # (the tied maxima have relu(0) = 0 and relu'(0) = 0), count 2 goes to the first maximum -> margin grad
+    # alpha/C * [2, 0, -1, -1] with alpha/C = 2/4.
     if margin == 0.0:
         e = torch.exp(z[0])
         expected = e / e.sum() - torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=torch.float64)
-        expected += 2.0 / 4 * torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=torch.float64)
+        expected += 2.0 / 4 * torch.tensor([2.0, 0.0, -1.0, -1.0], dtype=torch.float64)
         torch.testing.assert_close(z1.grad[0], expected, rtol=0, atol=1e-14)
 
 
