@@ -9,7 +9,6 @@ binning, independent of `mbls_nlp.calibration`.
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +43,15 @@ print(_json.dumps({
 """
 
 
-def _kernel_manager_kwargs():
-    # A fresh CI venv gets ipykernel from the `test` extra but may have no "python3" kernelspec registered. Then the
-    # kernel is started from this interpreter directly, so it sees the same installed packages.
+def _kernel_manager():
+    # The kernel runs this interpreter, whatever kernelspecs the machine has registered: with no kernel folders,
+    # jupyter_client falls back to ipykernel's native "python3" spec, which launches sys.executable. A fresh CI venv
+    # (ipykernel from the `test` extra, nothing registered) and a machine whose "python3" points at another Python
+    # behave the same.
     from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import AsyncKernelManager
 
-    if KERNEL_NAME in KernelSpecManager().find_kernel_specs():
-        return {}
-    return {"kernel_cmd": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]}
+    return AsyncKernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=KernelSpecManager(kernel_dirs=[]))
 
 
 def _reference_ece(logits, labels, n_bins=15):
@@ -80,9 +80,9 @@ def _execute(path, monkeypatch):
     client = nbclient.NotebookClient(
         nb,
         timeout=600,
+        km=_kernel_manager(),
         kernel_name=KERNEL_NAME,
         resources={"metadata": {"path": str(path.parent)}},  # run from the notebook's folder, like Jupyter
-        **_kernel_manager_kwargs(),
     )
     probe = nbformat.v4.new_code_cell(PROBE)
     cells = list(nb.cells)
