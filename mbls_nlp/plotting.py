@@ -140,6 +140,7 @@ def reliability_diagram(
     >>> from mbls_nlp.plotting import reliability_diagram
     >>> fig = reliability_diagram(torch.randn(100, 5), torch.randint(0, 5, (100,)), title="CE")
     >>> fig.savefig("reliability.png")  # doctest: +SKIP
+
     ```
     """
     kwargs = {"n_bins": n_bins, "from_logits": from_logits, "ignore_index": ignore_index}
@@ -172,6 +173,21 @@ def save_reliability_diagram(
     Returns:
         `dict[str, list]`: the bin table written to the JSON file, i.e. `mbls_nlp.calibration.reliability_bins`'s
         output: `bin_lower`, `bin_upper`, `count`, `confidence`, `accuracy` (`None` for empty bins).
+
+    Examples:
+
+    ```python
+    >>> import os, tempfile
+    >>> import torch
+    >>> from mbls_nlp.plotting import save_reliability_diagram
+    >>> path = os.path.join(tempfile.mkdtemp(), "reliability.png")
+    >>> table = save_reliability_diagram(path, torch.randn(100, 5), torch.randint(0, 5, (100,)), n_bins=10)
+    >>> len(table["count"]), sum(table["count"])
+    (10, 100)
+    >>> sorted(os.listdir(os.path.dirname(path)))
+    ['reliability.json', 'reliability.png']
+
+    ```
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}.")
