@@ -240,7 +240,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per training run")
     parser.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps at the start of each run")
-    parser.add_argument("--repeats", type=int, default=3, help="training runs and evaluations per trainer")
+    parser.add_argument("--repeats", type=int, default=3, help="lockstep training runs (each: one run per trainer)")
     parser.add_argument("--eval-repeats", type=int, default=5, help="timed evaluate() calls per trainer")
     parser.add_argument(
         "--eval-samples", type=int, default=256, help="messages in the eval set (drawn from the test file)"
