@@ -1,0 +1,230 @@
+"""End-to-end recipe runs on a few hundred rows of the real shared data, as `accelerate launch` subprocesses."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+DATA = ROOT.parent / "shared" / "data"
+NEWSGROUPS, CIFAR = DATA / "20newsgroups", DATA / "cifar10"
+CPU_2PROC = RECIPES / "accelerate_configs" / "cpu_2proc.yaml"
+METRICS = ("accuracy", "ece", "aece", "cece", "mce", "nll", "brier")
+
+pytestmark = pytest.mark.slow
+needs_newsgroups = pytest.mark.skipif(not NEWSGROUPS.is_dir(), reason=f"shared data not found at {NEWSGROUPS}")
+needs_cifar = pytest.mark.skipif(not CIFAR.is_dir(), reason=f"shared data not found at {CIFAR}")
+
+TEXT_DATA = [
+    f"--train_file={NEWSGROUPS / 'train.jsonl.gz'}",
+    f"--test_file={NEWSGROUPS / 'test.jsonl.gz'}",
+    "--newsgroups_cleanup=headers",
+    "--max_train_samples=200",
+    "--max_eval_samples=80",
+    "--max_test_samples=80",
+    "--max_seq_length=128",
+]
+IMAGE_DATA = [
+    f"--train_file={CIFAR / 'train-*.parquet'}",
+    f"--test_file={CIFAR / 'test.parquet'}",
+    "--max_train_samples=160",
+    "--max_eval_samples=64",
+    "--max_test_samples=64",
+]
+# The global batch is 16 with one process and with two (2 x 8): the runs must agree. The last, partial batch is
+# dropped: accelerate evens out a short last batch across processes by repeating samples from the start of the
+# epoch, which one process does not see.
+TRAIN = ["--num_train_epochs=2", "--learning_rate=0.002", "--seed=0", "--disable_tqdm=true", "--save_strategy=no"]
+TRAIN += ["--dataloader_drop_last=true"]
+
+
+def launch(script: str, args: list[str], output_dir: Path, processes: int) -> dict:
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if processes == 1:
+        command += ["--num_processes=1", "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no"]
+    else:
+        command += [f"--config_file={CPU_2PROC}"]
+        args = [*args, "--use_cpu=true"]
+    batch = 16 // processes
+    command += [str(RECIPES / script), *args, *TRAIN, f"--per_device_train_batch_size={batch}"]
+    command += [f"--per_device_eval_batch_size={batch}", f"--output_dir={output_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return json.loads((output_dir / "all_results.json").read_text())
+
+
+def check_outputs(results: dict, output_dir: Path) -> None:
+    for prefix in ("test_", "test_ts_"):
+        for name in METRICS:
+            value = results[prefix + name]
+            assert math.isfinite(value), prefix + name
+            if name != "nll":
+                assert 0.0 <= value <= (2.0 if name == "brier" else 1.0), (prefix + name, value)
+    assert 0.01 <= results["test_temperature"] <= 100.0
+    # temperature scaling never changes the arg-max
+    assert results["test_ts_accuracy"] == results["test_accuracy"]
+    for name in ("reliability_test.png", "reliability_test_ts.png"):
+        assert (output_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["calibration_temperature"] == pytest.approx(results["test_temperature"])
+
+
+def assert_same_results(one: dict, two: dict) -> None:
+    for key in [f"{p}{m}" for p in ("test_", "test_ts_") for m in METRICS]:
+        assert two[key] == pytest.approx(one[key], abs=2e-4), key
+    # The NLL is flat in T for these barely trained models: the fitted T moves more than the metrics it gives.
+    assert two["test_temperature"] == pytest.approx(one["test_temperature"], rel=5e-3)
+
+
+@needs_newsgroups
+def test_text_cnn_one_and_two_processes(tmp_path):
+    one = launch("text_classification.py", TEXT_DATA, tmp_path / "one", processes=1)
+    check_outputs(one, tmp_path / "one")
+    assert (tmp_path / "one" / "tokenizer.json").is_file()
+    two = launch("text_classification.py", TEXT_DATA, tmp_path / "two", processes=2)
+    check_outputs(two, tmp_path / "two")
+    assert_same_results(one, two)
+
+
+@pytest.fixture
+def tiny_bert_folder(tmp_path):
+    # A tiny BERT with a word-level tokenizer trained on the real texts, saved like any local checkpoint.
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from mbls_nlp.data import load_newsgroups, train_word_tokenizer
+
+    texts = load_newsgroups(NEWSGROUPS)["train"].shuffle(seed=0).select(range(300))["text"]
+    tokenizer = train_word_tokenizer(texts, vocab_size=2000, max_length=128)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            pad_token_id=tokenizer.pad_token_id,
+            num_labels=2,
+        )
+    )
+    folder = tmp_path / "tiny-bert"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@needs_newsgroups
+def test_text_any_encoder_from_a_local_folder(tmp_path, tiny_bert_folder):
+    args = [*TEXT_DATA, f"--model_name_or_path={tiny_bert_folder}", "--loss_type=ls"]
+    results = launch("text_classification.py", args, tmp_path / "bert", processes=1)
+    check_outputs(results, tmp_path / "bert")
+    config = json.loads((tmp_path / "bert" / "config.json").read_text())
+    assert config["model_type"] == "bert" and len(config["id2label"]) == 20  # head resized to the 20 groups
+
+
+@pytest.fixture
+def tiny_image_folder(tmp_path, request):
+    from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification
+    from transformers.models.vit import ViTImageProcessorPil
+
+    torch.manual_seed(0)
+    if request.param == "vit":
+        model = ViTForImageClassification(
+            ViTConfig(
+                image_size=32,
+                patch_size=8,
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=64,
+                num_labels=10,
+            )  # fmt: skip
+        )
+    else:
+        model = ResNetForImageClassification(
+            ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=10)
+        )
+    folder = tmp_path / request.param
+    model.save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@needs_cifar
+@pytest.mark.parametrize("tiny_image_folder", ["vit"], indirect=True)
+def test_image_classification_one_and_two_processes(tmp_path, tiny_image_folder):
+    # A ViT (no batch norm: its statistics would depend on the per-process batch) without augmentation (the random
+    # crops of one and two processes are drawn by different RNG streams).
+    args = [*IMAGE_DATA, f"--model_name_or_path={tiny_image_folder}", "--no_augmentation=true"]
+    one = launch("image_classification.py", args, tmp_path / "one", processes=1)
+    check_outputs(one, tmp_path / "one")
+    two = launch("image_classification.py", args, tmp_path / "two", processes=2)
+    assert_same_results(one, two)
+
+
+@needs_cifar
+@pytest.mark.parametrize("tiny_image_folder", ["resnet"], indirect=True)
+def test_image_classification_with_augmentation(tmp_path, tiny_image_folder):
+    args = [*IMAGE_DATA, f"--model_name_or_path={tiny_image_folder}", "--loss_type=focal"]
+    results = launch("image_classification.py", args, tmp_path / "resnet", processes=1)
+    check_outputs(results, tmp_path / "resnet")
+
+
+@needs_newsgroups
+def test_compare_losses_writes_the_table(tmp_path):
+    command = [sys.executable, str(RECIPES / "compare_losses.py"), f"--output_dir={tmp_path}", "--loss_types=ce,mbls"]
+    command += ["--", *TEXT_DATA, *TRAIN, "--per_device_train_batch_size=16"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    table = (tmp_path / "comparison.md").read_text().splitlines()
+    assert table[0].startswith("| loss | Acc (%) | ECE (%)") and len(table) == 4
+    assert table[2].startswith("| ce |") and table[3].startswith("| mbls |")
+    for loss_type, line in zip(("ce", "mbls"), table[2:]):
+        results = json.loads((tmp_path / loss_type / "all_results.json").read_text())
+        assert f"| {100 * results['test_ece']:.2f} |" in line
+    rows = (tmp_path / "comparison.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("ce,")
+
+
+def test_recipes_help_documents_every_flag():
+    for script in ("text_classification.py", "image_classification.py", "compare_losses.py"):
+        result = subprocess.run(
+            [sys.executable, str(RECIPES / script), "--help"], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "--output_dir" in result.stdout
+    text_help = subprocess.run(
+        [sys.executable, str(RECIPES / "text_classification.py"), "--help"], capture_output=True, text=True
+    ).stdout
+    for flag in (
+        "--newsgroups_cleanup",
+        "--embeddings_from",
+        "--loss_type",
+        "--margin",
+        "--validation_split_percentage",
+    ):
+        assert flag in text_help
+
+
+def test_compare_losses_rejects_bad_arguments(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("compare_losses", RECIPES / "compare_losses.py")
+    compare_losses = importlib.util.module_from_spec(spec)
+    # dataclasses resolve string annotations through sys.modules
+    monkeypatch.setitem(sys.modules, spec.name, compare_losses)
+    spec.loader.exec_module(compare_losses)
+    with pytest.raises(ValueError, match="loss_types"):
+        compare_losses.parse_args([f"--output_dir={tmp_path}", "--loss_types=ce,hinge"])
+    with pytest.raises(ValueError, match="--loss_type"):
+        compare_losses.parse_args([f"--output_dir={tmp_path}", "--", "--loss_type=ce"])
