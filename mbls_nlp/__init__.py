@@ -17,6 +17,7 @@ from .calibration import (
 )
 from .calibration_config import CalibrationConfig
 from .calibration_trainer import CalibrationTrainer
+from .hparam_search import SearchArguments, search_calibration_hparams, select_candidate
 from .loss_adapter import LossAdapter
 from .losses import LOSS_NAMES, CalibrationLoss, MarginLoss, build_loss
 from .plotting import reliability_diagram, save_reliability_diagram
@@ -39,6 +40,7 @@ __all__ = [
     "CalibrationTrainer",
     "LossAdapter",
     "MarginLoss",
+    "SearchArguments",
     "TemperatureScaler",
     "__version__",
     "accuracy",
@@ -53,4 +55,6 @@ __all__ = [
     "reliability_bins",
     "reliability_diagram",
     "save_reliability_diagram",
+    "search_calibration_hparams",
+    "select_candidate",
 ]

@@ -85,8 +85,7 @@ class CalibrationTrainer(Trainer):
         self._user_compute_metrics = compute_metrics
         wants_metrics = training_args.calibration_metrics or compute_metrics is not None
         super().__init__(*args, compute_metrics=self._compute_metrics if wants_metrics else None, **kwargs)
-        self.loss_fn = build_loss(self.args.loss_type, **self.args.loss_kwargs())
-        self.loss_fn.reduction = "sum"
+        self.rebuild_loss()
         self.add_callback(_AlphaScheduleCallback(self))
         self.temperature: float | None = getattr(getattr(self.model, "config", None), "calibration_temperature", None)
         self._metric_prefix = "eval"
@@ -95,6 +94,16 @@ class CalibrationTrainer(Trainer):
         self._parts_last_step = 0
 
     # ---- loss ----
+
+    def rebuild_loss(self) -> None:
+        """Build the loss from `self.args` again, e.g. after changing `args.margin`; resets the alpha schedule."""
+        self.loss_fn = build_loss(self.args.loss_type, **self.args.loss_kwargs())
+        self.loss_fn.reduction = "sum"
+
+    def _hp_search_setup(self, trial) -> None:
+        # Trainer sets the trial's values on self.args (e.g. margin, alpha): the loss must follow them.
+        super()._hp_search_setup(trial)
+        self.rebuild_loss()
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
         # Trainer counts labels != -100 and only for some models; we always count, with our ignore_index, over the

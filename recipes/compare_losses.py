@@ -1,8 +1,12 @@
 """Run a recipe once per loss with the same seed, data and budget, and tabulate accuracy and calibration.
 
 Every flag this script does not know is passed to the recipe unchanged; each loss gets its own
-`<output_dir>/<loss_type>/` run folder. Writes `<output_dir>/comparison.md` (a table like the paper's: one row per loss,
-accuracy and calibration before and after temperature scaling, in percent) and `<output_dir>/comparison.csv`.
+`<output_dir>/<loss_type>/` run folder. Writes `<output_dir>/comparison.md` (a table like the paper's: one row per
+loss, accuracy and calibration before and after temperature scaling, in percent) and `<output_dir>/comparison.csv`.
+
+With the recipe's `--search_hparams`, each loss first chooses its own hyper-parameters on validation (its default
+grid, the same epochs per candidate), so the table compares tuned against tuned; it then also lists the chosen values
+and what the search cost.
 
 Examples:
 
@@ -11,6 +15,10 @@ Examples:
         --output_dir runs/compare-20ng -- \\
         --train_file ../shared/data/20newsgroups/train.jsonl.gz --test_file ../shared/data/20newsgroups/test.jsonl.gz \\
         --newsgroups_cleanup headers --num_train_epochs 10 --per_device_train_batch_size 128
+
+    # Tuned against tuned: each loss searches its own grid on validation first (ce has nothing to tune):
+    python recipes/compare_losses.py --loss_types ce,ls,focal,mbls --output_dir runs/compare-tuned -- \\
+        --search_hparams --train_file ... --test_file ... --newsgroups_cleanup headers
 
     # Each run on two CPU processes:
     python recipes/compare_losses.py --launcher "accelerate launch --config_file \\
@@ -111,6 +119,9 @@ def write_tables(output_dir: str | os.PathLike, rows: dict[str, dict]) -> tuple[
     for title_prefix in ("", "TS "):
         header += [f"{title_prefix}{title}" + (" (%)" if percent else "") for _, title, percent in COLUMNS]
     header += ["T", "wall time (s)"]
+    searched = any("search_candidates" in results for results in rows.values())
+    if searched:  # runs with --search_hparams: the chosen values and what the search cost
+        header += ["chosen on validation", "candidates", "search time (s)"]
 
     def cell(results: dict, key: str, percent: bool) -> str:
         value = results.get(key)
@@ -125,6 +136,11 @@ def write_tables(output_dir: str | os.PathLike, rows: dict[str, dict]) -> tuple[
             line += [cell(results, prefix + key, percent) for key, _, percent in COLUMNS]
         line += [f"{results.get('temperature', results.get('test_temperature', float('nan'))):.2f}"]
         line += [f"{results.get('wall_time_s', float('nan')):.0f}"]
+        if searched:
+            chosen = {k[len("search_") :]: v for k, v in results.items() if k.startswith("search_")}
+            candidates, seconds = chosen.pop("candidates", None), chosen.pop("time_s", None)
+            line += [", ".join(f"{name}={value:g}" for name, value in chosen.items()) or "(none)"]
+            line += [f"{candidates or 1:.0f}", "n/a" if seconds is None else f"{seconds:.0f}"]
         table.append(line)
     csv_path, md_path = output_dir / "comparison.csv", output_dir / "comparison.md"
     with open(csv_path, "w", newline="") as handle:

@@ -38,6 +38,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, Hf
 
 from mbls_nlp import CalibrationConfig, CalibrationTrainer
 from mbls_nlp.data import image_column_of, load_classification_splits, random_crop_and_flip
+from mbls_nlp.hparam_search import SearchArguments, parse_search_grid, search_calibration_hparams
 
 logger = logging.getLogger(__name__)
 
@@ -82,30 +83,33 @@ class DataArguments:
     max_test_samples: int | None = field(default=None, metadata={"help": "Keep a random subset of test."})
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, CalibrationConfig]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, CalibrationConfig))
+def parse_args(argv: list[str] | None = None):
+    parser = HfArgumentParser((ModelArguments, DataArguments, SearchArguments, CalibrationConfig))
     # Recipe defaults that differ from TrainingArguments': the diagrams are part of the recipe's output, and the
     # image column must reach the transform.
     parser.set_defaults(save_reliability_diagrams=True, report_to="none", remove_unused_columns=False)
-    return parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, search_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if search_args.search_hparams:
+        parse_search_grid(search_args.search_grid, training_args.loss_type)  # fail on a bad grid before any loading
+    return model_args, data_args, search_args, training_args
 
 
-def load_model_and_processor(model_args: ModelArguments, label_names):
-    id2label = dict(enumerate(label_names))
-    label2id = {name: i for i, name in id2label.items()}
+def load_processor_and_model_init(model_args: ModelArguments, label_names):
+    """The image processor and a function that returns a fresh model (the search trains one per candidate)."""
+    labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names))}
+    labels["label2id"] = {name: i for i, name in labels["id2label"].items()}
     processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
-    model = AutoModelForImageClassification.from_pretrained(
-        model_args.model_name_or_path,
-        num_labels=len(label_names),
-        id2label=id2label,
-        label2id=label2id,
-        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-    )
-    return model, processor
+
+    def model_init():
+        return AutoModelForImageClassification.from_pretrained(
+            model_args.model_name_or_path, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **labels
+        )
+
+    return processor, model_init
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, training_args = parse_args(argv)
+    model_args, data_args, search_args, training_args = parse_args(argv)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level()
     )
@@ -129,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     label_names = raw["train"].features[data_args.label_column].names
     image_column = image_column_of(raw["train"], data_args.image_column)
 
-    model, processor = load_model_and_processor(model_args, label_names)
+    processor, model_init = load_processor_and_model_init(model_args, label_names)
 
     def preprocess(batch, augment: bool):
         images = batch[image_column]
@@ -147,23 +151,29 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data[split].set_transform(lambda batch: preprocess(batch, augment=False))
 
     trainer = CalibrationTrainer(
-        model=model,
+        model_init=model_init,
         args=training_args,
         train_dataset=data["train"],
         eval_dataset=data["validation"],
         processing_class=processor,
     )
-    return train_calibrate_and_test(trainer, data)
+    return train_calibrate_and_test(trainer, data, search_args)
 
 
-def train_calibrate_and_test(trainer: CalibrationTrainer, data) -> dict[str, float]:
-    """Train, fit the temperature on validation (never on test), test with and without it, save everything."""
+def train_calibrate_and_test(trainer: CalibrationTrainer, data, search_args: SearchArguments) -> dict[str, float]:
+    """Optionally choose the loss's hyper-parameters on validation, train, fit the temperature on validation, test
+    with and without it (test data enters only here, once), save everything."""
+    search = {}
+    if search_args.search_hparams:
+        search = search_calibration_hparams(
+            trainer, search_args.search_grid, max_accuracy_drop=search_args.max_accuracy_drop
+        ).summary()
     train_result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
     trainer.fit_temperature(data["validation"])
     trainer.save_model()  # after fit_temperature: the config then carries calibration_temperature
     validation = trainer.evaluate(data["validation"], metric_key_prefix="validation")
     test = trainer.predict(data["test"], metric_key_prefix="test").metrics
-    results = {**train_result.metrics, **validation, **test}
+    results = {**train_result.metrics, **search, **validation, **test}
     trainer.save_metrics("all", results)  # all_results.json, written by the main process only
     trainer.accelerator.print({key: value for key, value in test.items() if "loss" not in key})
     return results

@@ -43,6 +43,7 @@ from transformers import (
 import mbls_nlp.models  # noqa: F401  (registers the text CNN with the Auto classes)
 from mbls_nlp import CalibrationConfig, CalibrationTrainer
 from mbls_nlp.data import NEWSGROUPS_CLEANUP_MODES, clean_newsgroups, load_classification_splits, train_word_tokenizer
+from mbls_nlp.hparam_search import SearchArguments, parse_search_grid, search_calibration_hparams
 from mbls_nlp.models import TextCNNConfig, TextCNNForSequenceClassification
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,10 @@ class ModelArguments:
     embedding_dim: int = field(
         default=100, metadata={"help": "Text CNN without --embeddings_from: width of the embedding table."}
     )
+
+    @property
+    def use_text_cnn(self) -> bool:
+        return self.model_type == "text_cnn" or self.model_name_or_path is None
 
 
 @dataclass
@@ -133,53 +138,55 @@ class DataArguments:
     max_test_samples: int | None = field(default=None, metadata={"help": "Keep a random subset of test."})
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, CalibrationConfig]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, CalibrationConfig))
+def parse_args(argv: list[str] | None = None):
+    parser = HfArgumentParser((ModelArguments, DataArguments, SearchArguments, CalibrationConfig))
     # Recipe defaults that differ from TrainingArguments': the diagrams are part of the recipe's output.
     parser.set_defaults(save_reliability_diagrams=True, report_to="none")
-    return parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, search_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if search_args.search_hparams:
+        parse_search_grid(search_args.search_grid, training_args.loss_type)  # fail on a bad grid before any loading
+    return model_args, data_args, search_args, training_args
 
 
-def load_model_and_tokenizer(model_args: ModelArguments, data_args: DataArguments, train_texts, label_names):
-    id2label = dict(enumerate(label_names))
-    label2id = {name: i for i, name in id2label.items()}
-    use_text_cnn = model_args.model_type == "text_cnn" or model_args.model_name_or_path is None
-    if not use_text_cnn:
+def load_tokenizer_and_model_init(model_args: ModelArguments, data_args: DataArguments, train_texts, label_names):
+    """The tokenizer, a function that returns a fresh model (the search trains one per candidate), the text length."""
+    labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names))}
+    labels["label2id"] = {name: i for i, name in labels["id2label"].items()}
+    if not model_args.use_text_cnn:
         tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_args.model_name_or_path,
-            num_labels=len(label_names),
-            id2label=id2label,
-            label2id=label2id,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-        )
-        return model, tokenizer, data_args.max_seq_length or tokenizer.model_max_length
+
+        def model_init():
+            return AutoModelForSequenceClassification.from_pretrained(
+                model_args.model_name_or_path, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **labels
+            )
+
+        return tokenizer, model_init, data_args.max_seq_length or tokenizer.model_max_length
     max_length = data_args.max_seq_length or TEXT_CNN_MAX_LENGTH
     if model_args.embeddings_from is not None:
         tokenizer = AutoTokenizer.from_pretrained(model_args.embeddings_from)
-        model = TextCNNForSequenceClassification.from_pretrained_embeddings(
-            model_args.embeddings_from,
-            freeze=model_args.freeze_embeddings,
-            num_labels=len(label_names),
-            id2label=id2label,
-            label2id=label2id,
-        )
+
+        def model_init():
+            return TextCNNForSequenceClassification.from_pretrained_embeddings(
+                model_args.embeddings_from, freeze=model_args.freeze_embeddings, **labels
+            )
+
     else:
         tokenizer = train_word_tokenizer(train_texts, vocab_size=model_args.vocab_size, max_length=max_length)
         config = TextCNNConfig(
             vocab_size=len(tokenizer),
             embedding_dim=model_args.embedding_dim,
             pad_token_id=tokenizer.pad_token_id,
-            num_labels=len(label_names),
-            id2label=id2label,
-            label2id=label2id,
+            **labels,
         )
-        model = TextCNNForSequenceClassification(config)
-    return model, tokenizer, max_length
+
+        def model_init():
+            return TextCNNForSequenceClassification(config)
+
+    return tokenizer, model_init, max_length
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, training_args = parse_args(argv)
+    model_args, data_args, search_args, training_args = parse_args(argv)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level()
     )
@@ -203,13 +210,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raw = clean_newsgroups(raw, data_args.newsgroups_cleanup, text_column=data_args.text_column)
     label_names = raw["train"].features[data_args.label_column].names
 
-    model, tokenizer, max_length = load_model_and_tokenizer(
+    tokenizer, model_init, max_length = load_tokenizer_and_model_init(
         model_args, data_args, raw["train"][data_args.text_column], label_names
     )
 
     pad_to_max_length = data_args.pad_to_max_length
     if pad_to_max_length is None:
-        pad_to_max_length = isinstance(model, TextCNNForSequenceClassification)
+        pad_to_max_length = model_args.use_text_cnn
 
     def preprocess(batch):
         encoded = tokenizer(
@@ -225,24 +232,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data = raw.map(preprocess, batched=True, remove_columns=raw["train"].column_names, desc="Tokenizing")
 
     trainer = CalibrationTrainer(
-        model=model,
+        model_init=model_init,
         args=training_args,
         train_dataset=data["train"],
         eval_dataset=data["validation"],
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
     )
-    return train_calibrate_and_test(trainer, data)
+    return train_calibrate_and_test(trainer, data, search_args)
 
 
-def train_calibrate_and_test(trainer: CalibrationTrainer, data) -> dict[str, float]:
-    """Train, fit the temperature on validation (never on test), test with and without it, save everything."""
+def train_calibrate_and_test(trainer: CalibrationTrainer, data, search_args: SearchArguments) -> dict[str, float]:
+    """Optionally choose the loss's hyper-parameters on validation, train, fit the temperature on validation, test
+    with and without it (test data enters only here, once), save everything."""
+    search = {}
+    if search_args.search_hparams:
+        search = search_calibration_hparams(
+            trainer, search_args.search_grid, max_accuracy_drop=search_args.max_accuracy_drop
+        ).summary()
     train_result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
     trainer.fit_temperature(data["validation"])
     trainer.save_model()  # after fit_temperature: the config then carries calibration_temperature
     validation = trainer.evaluate(data["validation"], metric_key_prefix="validation")
     test = trainer.predict(data["test"], metric_key_prefix="test").metrics
-    results = {**train_result.metrics, **validation, **test}
+    results = {**train_result.metrics, **search, **validation, **test}
     trainer.save_metrics("all", results)  # all_results.json, written by the main process only
     trainer.accelerator.print({key: value for key, value in test.items() if "loss" not in key})
     return results

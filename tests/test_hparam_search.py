@@ -1,0 +1,233 @@
+"""The validation-only hyper-parameter search: grid parsing, the selection rule, the trainer search and the recipe flag."""
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from trainer_utils import sequence_dataset, tiny_sequence_classifier
+
+from mbls_nlp import CalibrationConfig, CalibrationTrainer
+from mbls_nlp.hparam_search import (
+    DEFAULT_SEARCH_GRIDS,
+    SearchArguments,
+    parse_search_grid,
+    search_calibration_hparams,
+    select_candidate,
+)
+
+pytest.importorskip("optuna")
+
+ROOT = Path(__file__).resolve().parents[1]
+NEWSGROUPS = ROOT.parent / "shared" / "data" / "20newsgroups"
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import mbls_nlp.hparam_search
+
+    result = doctest.testmod(mbls_nlp.hparam_search)
+    assert result.attempted >= 4 and result.failed == 0
+
+
+# ---- grid parsing ----
+
+
+def test_default_grids_are_the_issue_grids():
+    assert parse_search_grid(None, "mbls") == {"margin": (0.0, 2.0, 4.0, 6.0, 8.0, 10.0), "alpha": (0.1, 0.5, 1.0)}
+    assert parse_search_grid(None, "ls") == {"ls_epsilon": (0.01, 0.05, 0.1, 0.2)}
+    assert parse_search_grid(None, "focal") == {"focal_gamma": (1.0, 2.0, 3.0, 5.0)}
+    for loss_type in ("ce", "flsd", "brier"):  # nothing to tune: one candidate
+        assert parse_search_grid(None, loss_type) == {} and loss_type not in DEFAULT_SEARCH_GRIDS
+
+
+def test_grid_strings_and_dicts():
+    assert parse_search_grid(" margin = 0, 5 ; alpha=1 ", "mbls") == {"margin": (0.0, 5.0), "alpha": (1.0,)}
+    assert parse_search_grid({"ls_epsilon": [0.1]}, "ls") == {"ls_epsilon": (0.1,)}
+
+
+@pytest.mark.parametrize(
+    "grid, loss_type, error, match",
+    [
+        ("ls_epsilon=0.1", "mbls", ValueError, "cannot vary 'ls_epsilon' for loss_type='mbls'; allowed: \\['alpha'"),
+        ("margin=1", "ce", ValueError, "allowed: none"),
+        ("margin=-1", "mbls", ValueError, "`margin` must be >= 0"),
+        ("ls_epsilon=1.0", "ls", ValueError, "`epsilon` must be in \\[0, 1\\)"),
+        ("margin", "mbls", ValueError, "name=v1,v2"),
+        ("margin=a,b", "mbls", ValueError, "must be numbers"),
+        ("margin=1,1", "mbls", ValueError, "repeats"),
+        ("margin=", "mbls", ValueError, "no value"),
+        ("margin=1", "hinge", ValueError, "loss_type"),
+        (["margin"], "mbls", TypeError, "string, a dict or None"),
+    ],
+)
+def test_bad_grids_are_rejected(grid, loss_type, error, match):
+    with pytest.raises(error, match=match):
+        parse_search_grid(grid, loss_type)
+
+
+def test_search_arguments_validate_the_accuracy_drop():
+    with pytest.raises(ValueError, match="max_accuracy_drop"):
+        SearchArguments(max_accuracy_drop=-1.0)
+    with pytest.raises(TypeError, match="max_accuracy_drop"):
+        SearchArguments(max_accuracy_drop="1")
+
+
+# ---- the selection rule ----
+
+
+def row(accuracy, ece):
+    return {"eval_accuracy": accuracy, "eval_ece": ece}
+
+
+def test_selection_by_hand():
+    rows = [row(0.700, 0.100), row(0.685, 0.010), row(0.695, 0.050), row(0.690, 0.050)]
+    # best accuracy 0.700; a 1-point window keeps rows 0, 2 (0.695) and 3 (0.690, exactly at the edge), drops row 1
+    # (0.685, the lowest ECE). ECE 0.050 ties between rows 2 and 3: the earlier wins.
+    assert select_candidate(rows, max_accuracy_drop=1.0) == 2
+    assert select_candidate(rows, max_accuracy_drop=1.5) == 1  # 0.685 is now inside the window
+    assert select_candidate(rows, max_accuracy_drop=0.0) == 0  # only the most accurate candidate
+    assert select_candidate([row(0.3, 0.2)], 1.0) == 0
+
+
+def test_selection_rejects_empty_and_nan():
+    with pytest.raises(ValueError, match="empty"):
+        select_candidate([], 1.0)
+    with pytest.raises(ValueError, match="non-finite eval_ece"):
+        select_candidate([row(0.5, float("nan"))], 1.0)
+
+
+# ---- the search inside CalibrationTrainer ----
+
+
+def search_trainer(tmp_path, loss_type, **config):
+    args = CalibrationConfig(
+        output_dir=str(tmp_path),
+        loss_type=loss_type,
+        per_device_train_batch_size=8,
+        num_train_epochs=2,
+        learning_rate=0.05,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        **config,
+    )
+    return CalibrationTrainer(
+        model_init=lambda: tiny_sequence_classifier(seed=0),
+        args=args,
+        train_dataset=sequence_dataset(48, seed=0),
+        eval_dataset=sequence_dataset(32, seed=1),
+    )
+
+
+def test_search_trains_each_candidate_with_its_own_loss(tmp_path, monkeypatch):
+    trainer = search_trainer(tmp_path, "ls")
+    seen = []  # (args value, loss value) at each rebuild: the loss must follow the trial's arguments
+    rebuild = CalibrationTrainer.rebuild_loss
+
+    def recording_rebuild(self):
+        rebuild(self)
+        seen.append((self.args.ls_epsilon, self.loss_fn.epsilon))
+
+    monkeypatch.setattr(CalibrationTrainer, "rebuild_loss", recording_rebuild)
+    result = search_calibration_hparams(trainer, "ls_epsilon=0.0,0.3", max_accuracy_drop=100.0)
+    assert {pair for pair in seen} >= {(0.0, 0.0), (0.3, 0.3)}
+    assert all(args_value == loss_value for args_value, loss_value in seen)
+    rows = result.rows
+    assert [r["ls_epsilon"] for r in rows] == [0.0, 0.3]  # grid order, whatever order optuna drew them in
+    # With every candidate allowed, the choice is the lowest validation ECE.
+    assert result.chosen_index == min(range(2), key=lambda i: (rows[i]["eval_ece"], i))
+    assert trainer.args.ls_epsilon == result.chosen["ls_epsilon"] == trainer.loss_fn.epsilon
+    assert result.summary()["search_candidates"] == 2
+
+    # Training the chosen candidate again gives the model the search measured (same seed, CPU is deterministic).
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert metrics["eval_ece"] == pytest.approx(rows[result.chosen_index]["eval_ece"], abs=1e-6)
+    assert metrics["eval_accuracy"] == rows[result.chosen_index]["eval_accuracy"]
+
+    table = (tmp_path / "search.md").read_text()
+    assert "| ls_epsilon | val Acc (%) | val ECE (%) | val NLL | time (s) | chosen |" in table
+    assert table.count("**yes**") == 1
+
+
+def test_search_without_free_hyperparameters_is_one_candidate(tmp_path):
+    result = search_calibration_hparams(search_trainer(tmp_path, "ce"))
+    assert result.chosen == {} and len(result.rows) == 1 and result.rows[0]["chosen"]
+
+
+def test_search_needs_model_init_and_validation(tmp_path):
+    args = CalibrationConfig(output_dir=str(tmp_path), report_to="none")
+    trainer = CalibrationTrainer(model=tiny_sequence_classifier(), args=args, eval_dataset=sequence_dataset(8))
+    with pytest.raises(ValueError, match="model_init"):
+        search_calibration_hparams(trainer)
+    trainer = CalibrationTrainer(
+        model_init=lambda: tiny_sequence_classifier(), args=args, train_dataset=sequence_dataset(8)
+    )
+    with pytest.raises(ValueError, match="eval_dataset"):
+        search_calibration_hparams(trainer)
+
+
+# ---- the recipe flag, on real 20 Newsgroups rows ----
+
+
+@pytest.mark.skipif(not NEWSGROUPS.is_dir(), reason=f"shared data not found at {NEWSGROUPS}")
+def test_recipe_search_selects_by_the_rule_and_tests_once(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("text_classification", ROOT / "recipes" / "text_classification.py")
+    recipe = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, recipe)  # dataclasses resolve string annotations through it
+    spec.loader.exec_module(recipe)
+
+    predictions = []  # metric_key_prefix of every predict call: test data must be predicted exactly once
+    predict = CalibrationTrainer.predict
+
+    def recording_predict(self, dataset, *args, metric_key_prefix="test", **kwargs):
+        predictions.append((metric_key_prefix, len(dataset)))
+        return predict(self, dataset, *args, metric_key_prefix=metric_key_prefix, **kwargs)
+
+    monkeypatch.setattr(CalibrationTrainer, "predict", recording_predict)
+    results = recipe.main(
+        [
+            f"--train_file={NEWSGROUPS / 'train.jsonl.gz'}",
+            f"--test_file={NEWSGROUPS / 'test.jsonl.gz'}",
+            "--newsgroups_cleanup=headers",
+            "--max_train_samples=300",
+            "--max_eval_samples=100",
+            "--max_test_samples=60",
+            "--max_seq_length=64",
+            "--embedding_dim=16",
+            "--vocab_size=2000",
+            "--num_train_epochs=2",
+            "--learning_rate=0.005",
+            "--per_device_train_batch_size=16",
+            "--seed=0",
+            "--save_strategy=no",
+            "--disable_tqdm=true",
+            "--save_reliability_diagrams=false",
+            f"--output_dir={tmp_path}",
+            "--search_hparams",
+            "--search_grid=margin=0,3,10;alpha=0.1,1",
+            "--max_accuracy_drop=2",
+        ]
+    )
+    assert predictions == [("test", 60)]
+
+    with open(tmp_path / "search.csv") as handle:
+        rows = [{k: float(v) if k != "chosen" else v == "True" for k, v in r.items()} for r in csv.DictReader(handle)]
+    assert [(r["margin"], r["alpha"]) for r in rows] == [(m, a) for m in (0, 3, 10) for a in (0.1, 1)]
+    # The rule by hand over the logged validation metrics.
+    best = max(r["eval_accuracy"] for r in rows)
+    eligible = [i for i, r in enumerate(rows) if r["eval_accuracy"] >= best - 0.02 - 1e-9]
+    expected = min(eligible, key=lambda i: (rows[i]["eval_ece"], i))
+    assert [r["chosen"] for r in rows] == [i == expected for i in range(len(rows))]
+    assert rows[expected]["eval_accuracy"] >= best - 0.02 - 1e-9
+    saved = json.loads((tmp_path / "all_results.json").read_text())
+    assert (saved["search_margin"], saved["search_alpha"]) == (rows[expected]["margin"], rows[expected]["alpha"])
+    assert saved["search_candidates"] == 6
+    assert results["validation_ece"] == pytest.approx(rows[expected]["eval_ece"], abs=1e-6)
+    for key in ("test_accuracy", "test_ece", "test_ts_ece", "test_temperature"):
+        assert key in saved
