@@ -43,7 +43,7 @@ _SCHEDULES = ("", "add", "multiply", "step")
 # elementwise passes of the fused MbLS kernel hit the cache instead of main memory (issue 5: each eager op is one
 # pass over memory). Not smaller: every op is a parallel region, and on a shared, oversubscribed CPU each one can
 # stall on a descheduled worker thread; at 65536x1000 on 2 loaded cores 2 MiB blocks measured 2.0-2.5x
-# cross-entropy and 8 MiB blocks 1.5x (benchmarks/RESULTS_loss.md).
+# cross-entropy and 8 MiB blocks 1.5x (benchmarks/RESULTS.md).
 _BLOCK_ELEMENTS = 1 << 21
 
 
