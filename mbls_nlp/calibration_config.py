@@ -61,6 +61,19 @@ class CalibrationConfig(TrainingArguments):
         save_reliability_diagrams (`bool`, *optional*, defaults to `False`):
             Write a reliability diagram (PNG) and its bin table (JSON) to `output_dir` at every evaluation and
             prediction (needs the `plot` extra).
+
+    Examples:
+
+    ```python
+    >>> from mbls_nlp import CalibrationConfig
+    >>> args = CalibrationConfig(output_dir="out", loss_type="mbls", margin=6.0, alpha=0.5, report_to="none")
+    >>> args.loss_kwargs()["margin"], args.loss_kwargs()["alpha"]
+    (6.0, 0.5)
+    >>> CalibrationConfig(output_dir="out", loss_type="hinge")
+    Traceback (most recent call last):
+    ValueError: `loss_type` must be one of ('ce', 'ls', 'focal', 'flsd', 'ecp', 'mmce', 'brier', 'mbls'), got 'hinge'.
+
+    ```
     """
 
     loss_type: str = field(
@@ -104,6 +117,8 @@ class CalibrationConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        if self.loss_type not in LOSS_NAMES:
+            raise ValueError(f"`loss_type` must be one of {LOSS_NAMES}, got {self.loss_type!r}.")
         if self.alpha_schedule not in ALPHA_SCHEDULES:
             raise ValueError(f"`alpha_schedule` must be one of {ALPHA_SCHEDULES}, got {self.alpha_schedule!r}.")
         if self.temperature_method not in TEMPERATURE_METHODS:

@@ -60,3 +60,13 @@ def test_bad_values_fail_at_construction(tmp_path, kwargs, error, words):
         make(tmp_path, **kwargs)
     for word in words:
         assert word in str(info.value)
+
+
+def test_docstring_examples_run(tmp_path, monkeypatch):
+    import doctest
+
+    import mbls_nlp.calibration_config
+
+    monkeypatch.chdir(tmp_path)
+    result = doctest.testmod(mbls_nlp.calibration_config)
+    assert result.attempted >= 3 and result.failed == 0
