@@ -210,7 +210,7 @@ def test_recipe_search_selects_by_the_rule_and_tests_once(tmp_path, monkeypatch)
             "--save_reliability_diagrams=false",
             f"--output_dir={tmp_path}",
             "--search_hparams",
-            "--search_grid=margin=0,3,10;alpha=0.1,1",
+            "--search_grid=margin=0,10;alpha=0.1,1",
             "--max_accuracy_drop=2",
         ]
     )
@@ -218,7 +218,7 @@ def test_recipe_search_selects_by_the_rule_and_tests_once(tmp_path, monkeypatch)
 
     with open(tmp_path / "search.csv") as handle:
         rows = [{k: float(v) if k != "chosen" else v == "True" for k, v in r.items()} for r in csv.DictReader(handle)]
-    assert [(r["margin"], r["alpha"]) for r in rows] == [(m, a) for m in (0, 3, 10) for a in (0.1, 1)]
+    assert [(r["margin"], r["alpha"]) for r in rows] == [(m, a) for m in (0, 10) for a in (0.1, 1)]
     # The rule by hand over the logged validation metrics.
     best = max(r["eval_accuracy"] for r in rows)
     eligible = [i for i, r in enumerate(rows) if r["eval_accuracy"] >= best - 0.02 - 1e-9]
@@ -227,7 +227,7 @@ def test_recipe_search_selects_by_the_rule_and_tests_once(tmp_path, monkeypatch)
     assert rows[expected]["eval_accuracy"] >= best - 0.02 - 1e-9
     saved = json.loads((tmp_path / "all_results.json").read_text())
     assert (saved["search_margin"], saved["search_alpha"]) == (rows[expected]["margin"], rows[expected]["alpha"])
-    assert saved["search_candidates"] == 6
+    assert saved["search_candidates"] == 4
     assert results["validation_ece"] == pytest.approx(rows[expected]["eval_ece"], abs=1e-6)
     for key in ("test_accuracy", "test_ece", "test_ts_ece", "test_temperature"):
         assert key in saved
