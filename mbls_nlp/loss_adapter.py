@@ -97,8 +97,8 @@ class LossAdapter:
     >>> from mbls_nlp import LossAdapter, build_loss
     >>> adapter = LossAdapter(build_loss("mbls", margin=10.0, alpha=0.1))
     >>> logits, labels = torch.tensor([[2.0, 0.0, -20.0]]), torch.tensor([0])
-    >>> round(adapter({"logits": logits}, labels).item(), 4)  # CE 0.1269 + 0.1 * (12 - 10) / 3
-    0.1936
+    >>> round(adapter({"logits": logits}, labels).item(), 4)  # CE 0.1269 + 0.1 * (22 - 10) / 3
+    0.5269
     """
 
     def __init__(self, loss: torch.nn.Module):
