@@ -228,6 +228,7 @@ def load_classification_splits(
     max_eval_samples: int | None = None,
     max_test_samples: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    test_split_name: str = "test",
 ) -> datasets.DatasetDict:
     r"""
     Load a classification dataset as `train`, `validation` and `test` splits with a `ClassLabel` label column.
@@ -248,6 +249,9 @@ def load_classification_splits(
         max_train_samples, max_eval_samples, max_test_samples (`int`, *optional*): size limits of train,
             validation and test.
         cache_dir (`str` or `os.PathLike`, *optional*): cache folder of `datasets`.
+        test_split_name (`str`, *optional*, defaults to `"test"`): the split to test on. Datasets without a
+            labelled test split (Tiny-ImageNet on the Hub has `train` and `valid`) test on their validation split,
+            as the MbLS paper does: pass its name, and validation is then carved from train.
 
     Returns:
         `datasets.DatasetDict` with `"train"`, `"validation"` and `"test"`; `features[label_column].names` are the
@@ -259,6 +263,10 @@ def load_classification_splits(
         raw = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
     else:
         raise ValueError("Give `dataset_name` or local files (`train_file`, `validation_file`, `test_file`).")
+    if test_split_name != "test":
+        if test_split_name not in raw:
+            raise ValueError(f"`test_split_name` {test_split_name!r} is not a split; splits: {list(raw)}.")
+        raw = datasets.DatasetDict({("test" if k == test_split_name else k): v for k, v in raw.items() if k != "test"})
     missing = [split for split in ("train", "test") if split not in raw]
     if missing:
         raise ValueError(f"The data has no {missing} split(s); it has {list(raw)}. Both train and test are needed.")

@@ -16,9 +16,11 @@ Examples:
         --train_file '../shared/data/cifar10/train-*.parquet' --test_file ../shared/data/cifar10/test.parquet \\
         --output_dir runs/cifar10-mbls
 
-    # Tiny-ImageNet or CUB by name (or an image folder with --dataset_name imagefolder --dataset_config_name ...):
-    accelerate launch recipes/image_classification.py --dataset_name zh-plus/tiny-imagenet --image_column image \\
+    # Tiny-ImageNet by name, or a local image folder (train/<class>/*.png, test/<class>/*.png):
+    accelerate launch recipes/image_classification.py --dataset_name zh-plus/tiny-imagenet --test_split_name valid \\
         --model_name_or_path microsoft/resnet-50 --output_dir runs/tiny-imagenet
+    accelerate launch recipes/image_classification.py --dataset_name path/to/image_folder \\
+        --model_name_or_path microsoft/resnet-50 --output_dir runs/my-images
 
     # Two CPU processes:
     accelerate launch --config_file recipes/accelerate_configs/cpu_2proc.yaml recipes/image_classification.py ...
@@ -69,6 +71,13 @@ class DataArguments:
         default=None, metadata={"help": "Local validation file; carved from train when not given."}
     )
     test_file: str | None = field(default=None, metadata={"help": "Local test file."})
+    test_split_name: str = field(
+        default="test",
+        metadata={
+            "help": "Split to test on; for data without a labelled test split (Tiny-ImageNet: --test_split_name "
+            "valid), its validation split, validation then being carved from train."
+        },
+    )
     image_column: str | None = field(default=None, metadata={"help": "Column holding the images; default: the first."})
     label_column: str = field(default="label", metadata={"help": "Column holding the labels (integers or strings)."})
     crop_padding: int = field(
@@ -129,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             max_train_samples=data_args.max_train_samples,
             max_eval_samples=data_args.max_eval_samples,
             max_test_samples=data_args.max_test_samples,
+            test_split_name=data_args.test_split_name,
         )
     label_names = raw["train"].features[data_args.label_column].names
     image_column = image_column_of(raw["train"], data_args.image_column)

@@ -108,6 +108,13 @@ class DataArguments:
         default=None, metadata={"help": "Local validation file; carved from train when not given."}
     )
     test_file: str | None = field(default=None, metadata={"help": "Local test file."})
+    test_split_name: str = field(
+        default="test",
+        metadata={
+            "help": "Split to test on; for data without a labelled test split (Tiny-ImageNet: --test_split_name "
+            "valid), its validation split, validation then being carved from train."
+        },
+    )
     text_column: str = field(default="text", metadata={"help": "Column holding the text."})
     label_column: str = field(default="label", metadata={"help": "Column holding the labels (integers or strings)."})
     newsgroups_cleanup: str = field(
@@ -206,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             max_train_samples=data_args.max_train_samples,
             max_eval_samples=data_args.max_eval_samples,
             max_test_samples=data_args.max_test_samples,
+            test_split_name=data_args.test_split_name,
         )
         raw = clean_newsgroups(raw, data_args.newsgroups_cleanup, text_column=data_args.text_column)
     label_names = raw["train"].features[data_args.label_column].names

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pandas as pd
 import pytest
 from transformers import AutoTokenizer
@@ -341,3 +342,24 @@ def test_image_column_of():
         image_column_of(ds, "image")
     with pytest.raises(ValueError, match="Image column"):
         image_column_of(ds.remove_columns("img"))
+
+
+def test_classification_splits_from_an_image_folder_tested_on_its_validation_split(tmp_path):
+    # Tiny-ImageNet's shape: train and a labelled validation split, no labelled test split.
+    PIL = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 10), ("valid", 3)):
+        for name in ("cat", "dog"):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                PIL.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    with pytest.raises(ValueError, match="no \\['test'\\] split"):
+        load_classification_splits(str(tmp_path))
+    with pytest.raises(ValueError, match="`test_split_name` 'dev' is not a split"):
+        load_classification_splits(str(tmp_path), test_split_name="dev")
+    raw = load_classification_splits(str(tmp_path), test_split_name="validation", validation_split_percentage=20)
+    # datasets names the "valid" folder "validation": it becomes test, and validation is carved from train (20%).
+    assert (raw["train"].num_rows, raw["validation"].num_rows, raw["test"].num_rows) == (16, 4, 6)
+    assert raw["test"].features["label"].names == ["cat", "dog"]
+    assert image_column_of(raw["test"]) == "image"
