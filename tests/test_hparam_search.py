@@ -231,3 +231,33 @@ def test_recipe_search_selects_by_the_rule_and_tests_once(tmp_path, monkeypatch)
     assert results["validation_ece"] == pytest.approx(rows[expected]["eval_ece"], abs=1e-6)
     for key in ("test_accuracy", "test_ece", "test_ts_ece", "test_temperature"):
         assert key in saved
+
+
+def test_search_without_optuna_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # makes `import optuna` raise ImportError
+    with pytest.raises(ImportError, match=r"pip install 'mbls-nlp\[search\]'"):
+        search_calibration_hparams(search_trainer(tmp_path, "ls"))
+
+
+def test_compare_losses_table_lists_the_chosen_values_and_the_search_cost(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("compare_losses", ROOT / "recipes" / "compare_losses.py")
+    compare_losses = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, compare_losses)
+    spec.loader.exec_module(compare_losses)
+    metrics = {f"test_{p}{m}": 0.5 for p in ("", "ts_") for m in ("accuracy", "ece", "aece", "cece", "nll", "brier")}
+    rows = {
+        "ce": {**metrics, "search_candidates": 1, "search_time_s": 10.0},
+        "mbls": {
+            **metrics,
+            "search_margin": 4.0,
+            "search_alpha": 0.5,
+            "search_candidates": 18,
+            "search_time_s": 900.4,
+        },
+    }
+    md_path, csv_path = compare_losses.write_tables(tmp_path, rows)
+    lines = md_path.read_text().splitlines()
+    assert lines[0].endswith("| chosen on validation | candidates | search time (s) |")
+    assert lines[2].endswith("| (none) | 1 | 10 |")
+    assert lines[3].endswith("| margin=4, alpha=0.5 | 18 | 900 |")
+    assert csv_path.read_text().splitlines()[2].endswith('"margin=4, alpha=0.5",18,900')
