@@ -183,7 +183,7 @@ def train_calibrate_and_test(trainer: CalibrationTrainer, data, search_args: Sea
     trainer.save_model()  # after fit_temperature: the config then carries calibration_temperature
     validation = trainer.evaluate(data["validation"], metric_key_prefix="validation")
     test = trainer.predict(data["test"], metric_key_prefix="test").metrics
-    results = {**train_result.metrics, **search, **validation, **test}
+    results = {**train_result.metrics, **search, **validation, **test, "temperature": trainer.temperature}
     trainer.save_metrics("all", results)  # all_results.json, written by the main process only
     trainer.accelerator.print({key: value for key, value in test.items() if "loss" not in key})
     return results

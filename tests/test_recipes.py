@@ -69,6 +69,7 @@ def check_outputs(results: dict, output_dir: Path) -> None:
             if name != "nll":
                 assert 0.0 <= value <= (2.0 if name == "brier" else 1.0), (prefix + name, value)
     assert 0.01 <= results["test_temperature"] <= 100.0
+    assert results["temperature"] == results["test_temperature"]
     # temperature scaling never changes the arg-max
     assert results["test_ts_accuracy"] == results["test_accuracy"]
     for name in ("reliability_test.png", "reliability_test_ts.png"):
