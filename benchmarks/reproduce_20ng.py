@@ -24,7 +24,7 @@ The reduced versions recorded in benchmarks/RESULTS.md (2-core CPU): the paper's
     python benchmarks/reproduce_20ng.py --output_dir runs/reproduce-20ng --cnn_epochs 4 --cnn_max_seq_length 256 \\
         --encoder_epochs 1 --encoder_losses ce,ls,mbls
     python benchmarks/reproduce_20ng.py --output_dir runs/tuned-20ng --settings cnn --cnn_losses ce,ls,focal,mbls \\
-        --cnn_epochs 6 --cnn_max_seq_length 128 --max_train_samples 3000 --search_hparams
+        --cnn_epochs 4 --cnn_max_seq_length 128 --max_train_samples 3000 --search_hparams
 
 On several GPUs, pass e.g. `--launcher "accelerate launch --multi_gpu --num_processes 4"`.
 """
