@@ -286,7 +286,7 @@ def write_search_tables(
     header = [*names, "val Acc (%)", "val ECE (%)", "val NLL", "time (s)", "chosen"]
     lines = [
         f"Search for `{loss_type}`: {len(result.rows)} candidates; chosen by the lowest validation ECE among those "
-        f"within {max_accuracy_drop:g} accuracy points of the best validation accuracy.",
+        f"within {max_accuracy_drop:g} points of the best validation accuracy.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
