@@ -398,7 +398,7 @@ class _MarginCrossEntropy(torch.autograd.Function):
     """Per-row cross-entropy and margin penalty `sum_k relu((max_j z_j - margin) - z_k)` with a hand-written backward.
 
     Forward and backward each make one pass over the logits in main memory; the work is done in blocks of rows that
-    fit in the L2 cache, with torch's fused (log-)softmax kernels for the cross-entropy part. Gradients:
+    fit in the cache (`_BLOCK_ELEMENTS`), with torch's fused (log-)softmax kernels for the cross-entropy part. Gradients:
     `d ce_i / d z_i = softmax(z_i) - onehot(y_i)` and
     `d pen_i / d z_i = count_i * onehot(argmax_i) - mask_i` with `mask_ik = 1[z_ik < max_i - margin]` and
     `count_i = sum_k mask_ik` (`relu'(0) = 0` as in torch).
