@@ -88,12 +88,13 @@ class SearchResult:
         chosen (`dict[str, float]`): the chosen candidate's hyper-parameters (config field names).
         rows (`list[dict]`): one row per candidate in grid order: its hyper-parameters, `eval_accuracy`, `eval_ece`,
             `eval_nll`, `time_s` and `chosen`.
-        chosen_index (`int`): index of the chosen row.
+        chosen_index (`int` or `None`): index of the chosen row; `None` when the loss has nothing to search (no rows,
+            nothing trained).
     """
 
     chosen: dict[str, float]
     rows: list[dict[str, Any]]
-    chosen_index: int
+    chosen_index: int | None
 
     def summary(self, prefix: str = "search_") -> dict[str, float]:
         """Flat numbers for `all_results.json`: the chosen values, the candidate count and the search's time."""
@@ -198,7 +199,8 @@ def search_calibration_hparams(
     `search.md` and `search.csv` (every candidate, the chosen one marked) to `output_dir` (default
     `trainer.args.output_dir`, main process only) and sets the chosen values on `trainer.args` (rebuilding the loss).
     The chosen candidate is not kept: train it again with `trainer.train()` (same seed, so the same model on a
-    deterministic device), then fit the temperature and test it.
+    deterministic device), then fit the temperature and test it. A loss with nothing to search (an empty grid, e.g.
+    `ce`) trains nothing here: the result has no rows and `search.md` says so.
 
     `hyperparameter_search`'s own best run optimises one objective; the rule here needs every candidate's accuracy
     and ECE, so the objective (validation ECE) is only reported to optuna and the choice is made afterwards.
@@ -225,6 +227,11 @@ def search_calibration_hparams(
     SearchArguments(max_accuracy_drop=max_accuracy_drop)  # validates max_accuracy_drop
     args = trainer.args
     grid = parse_search_grid(grid, args.loss_type)
+    if not grid:  # nothing to choose: training a candidate would only repeat the final training run
+        result = SearchResult(chosen={}, rows=[], chosen_index=None)
+        if trainer.is_world_process_zero():
+            write_search_tables(result, [], output_dir or args.output_dir, args.loss_type, max_accuracy_drop)
+        return result
     candidates = _candidates(grid)
     results: dict[int, dict[str, Any]] = {}  # trial number -> last evaluation of that trial
     started: dict[int, float] = {}
@@ -244,7 +251,7 @@ def search_calibration_hparams(
         }
         return metrics["eval_ece"]
 
-    sampler = optuna.samplers.GridSampler({n: list(v) for n, v in grid.items()}, seed=args.seed) if grid else None
+    sampler = optuna.samplers.GridSampler({n: list(v) for n, v in grid.items()}, seed=args.seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trainer.hyperparameter_search(
         hp_space=hp_space,
@@ -284,6 +291,10 @@ def write_search_tables(
         writer.writeheader()
         writer.writerows({key: row[key] for key in columns} for row in result.rows)
     header = [*names, "val Acc (%)", "val ECE (%)", "val NLL", "time (s)", "chosen"]
+    if not result.rows:
+        with open(os.path.join(output_dir, "search.md"), "w") as handle:
+            handle.write(f"Search for `{loss_type}`: nothing to search (the loss has no tunable hyper-parameters).\n")
+        return
     lines = [
         f"Search for `{loss_type}`: {len(result.rows)} candidates; chosen by the lowest validation ECE among those "
         f"within {max_accuracy_drop:g} points of the best validation accuracy.",

@@ -140,7 +140,10 @@ def write_tables(output_dir: str | os.PathLike, rows: dict[str, dict]) -> tuple[
             chosen = {k[len("search_") :]: v for k, v in results.items() if k.startswith("search_")}
             candidates, seconds = chosen.pop("candidates", None), chosen.pop("time_s", None)
             line += [", ".join(f"{name}={value:g}" for name, value in chosen.items()) or "(none)"]
-            line += [f"{candidates or 1:.0f}", "n/a" if seconds is None else f"{seconds:.0f}"]
+            line += [
+                "n/a" if candidates is None else f"{candidates:.0f}",
+                "n/a" if seconds is None else f"{seconds:.0f}",
+            ]
         table.append(line)
     csv_path, md_path = output_dir / "comparison.csv", output_dir / "comparison.md"
     with open(csv_path, "w", newline="") as handle:

@@ -40,7 +40,7 @@ def test_default_grids_are_the_issue_grids():
     assert parse_search_grid(None, "mbls") == {"margin": (0.0, 2.0, 4.0, 6.0, 8.0, 10.0), "alpha": (0.1, 0.5, 1.0)}
     assert parse_search_grid(None, "ls") == {"ls_epsilon": (0.01, 0.05, 0.1, 0.2)}
     assert parse_search_grid(None, "focal") == {"focal_gamma": (1.0, 2.0, 3.0, 5.0)}
-    for loss_type in ("ce", "flsd", "brier"):  # nothing to tune: one candidate
+    for loss_type in ("ce", "flsd", "brier"):  # nothing to tune: an empty grid
         assert parse_search_grid(None, loss_type) == {} and loss_type not in DEFAULT_SEARCH_GRIDS
 
 
@@ -155,9 +155,15 @@ def test_search_trains_each_candidate_with_its_own_loss(tmp_path, monkeypatch):
     assert table.count("**yes**") == 1
 
 
-def test_search_without_free_hyperparameters_is_one_candidate(tmp_path):
-    result = search_calibration_hparams(search_trainer(tmp_path, "ce"))
-    assert result.chosen == {} and len(result.rows) == 1 and result.rows[0]["chosen"]
+def test_search_without_free_hyperparameters_trains_nothing(tmp_path):
+    trainer = search_trainer(tmp_path, "ce")
+    calls = []
+    trainer.train = lambda *a, **k: calls.append("train")  # a candidate would be trained through train()
+    result = search_calibration_hparams(trainer)
+    assert result.chosen == {} and result.rows == [] and result.chosen_index is None and calls == []
+    assert result.summary() == {"search_candidates": 0, "search_time_s": 0}
+    assert "nothing to search" in (tmp_path / "search.md").read_text()
+    assert (tmp_path / "search.csv").read_text().splitlines() == ["eval_accuracy,eval_ece,eval_nll,time_s,chosen"]
 
 
 def test_search_needs_model_init_and_validation(tmp_path):
@@ -246,7 +252,7 @@ def test_compare_losses_table_lists_the_chosen_values_and_the_search_cost(tmp_pa
     spec.loader.exec_module(compare_losses)
     metrics = {f"test_{p}{m}": 0.5 for p in ("", "ts_") for m in ("accuracy", "ece", "aece", "cece", "nll", "brier")}
     rows = {
-        "ce": {**metrics, "search_candidates": 1, "search_time_s": 10.0},
+        "ce": {**metrics, "search_candidates": 0, "search_time_s": 0},
         "mbls": {
             **metrics,
             "search_margin": 4.0,
@@ -258,6 +264,6 @@ def test_compare_losses_table_lists_the_chosen_values_and_the_search_cost(tmp_pa
     md_path, csv_path = compare_losses.write_tables(tmp_path, rows)
     lines = md_path.read_text().splitlines()
     assert lines[0].endswith("| chosen on validation | candidates | search time (s) |")
-    assert lines[2].endswith("| (none) | 1 | 10 |")
+    assert lines[2].endswith("| (none) | 0 | 0 |")
     assert lines[3].endswith("| margin=4, alpha=0.5 | 18 | 900 |")
     assert csv_path.read_text().splitlines()[2].endswith('"margin=4, alpha=0.5",18,900')
