@@ -15,16 +15,19 @@ default grids of `mbls_nlp.hparam_search`, the same epochs per candidate) and th
 Test data never influences a choice. Writes `<output_dir>/<setting>/comparison.md|csv` (one run folder per
 loss inside) and `<output_dir>/reproduce_20ng.md` with both tables in percent next to the paper's numbers.
 
-The full study, one command (hours on a GPU; days on a 2-core CPU):
+The full study, one command (hours on a GPU; days on a 2-core CPU), and tuned on validation:
 
     python benchmarks/reproduce_20ng.py --output_dir runs/reproduce-20ng
+    python benchmarks/reproduce_20ng.py --output_dir runs/tuned-20ng --search_hparams
 
 The reduced versions recorded in benchmarks/RESULTS.md (2-core CPU): the paper's defaults, and tuned on validation:
 
     python benchmarks/reproduce_20ng.py --output_dir runs/reproduce-20ng --cnn_epochs 4 --cnn_max_seq_length 256 \\
         --encoder_epochs 1 --encoder_losses ce,ls,mbls
     python benchmarks/reproduce_20ng.py --output_dir runs/tuned-20ng --settings cnn --cnn_losses ce,ls,focal,mbls \\
-        --cnn_epochs 4 --cnn_max_seq_length 128 --max_train_samples 3000 --search_hparams
+        --cnn_epochs 4 --cnn_max_seq_length 128 --search_hparams
+    python benchmarks/reproduce_20ng.py --output_dir runs/untuned128-20ng --settings cnn --cnn_losses ls,focal,mbls \
+        --cnn_epochs 4 --cnn_max_seq_length 128
 
 On several GPUs, pass e.g. `--launcher "accelerate launch --multi_gpu --num_processes 4"`.
 """
