@@ -294,11 +294,11 @@ def write_search_tables(
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows({key: row[key] for key in columns} for row in result.rows)
-    header = [*names, "val Acc (%)", "val ECE (%)", "val NLL", "time (s)", "chosen"]
     if not result.rows:
         with open(os.path.join(output_dir, "search.md"), "w") as handle:
             handle.write(f"Search for `{loss_type}`: nothing to search (the loss has no tunable hyper-parameters).\n")
         return
+    header = [*names, "val Acc (%)", "val ECE (%)", "val NLL", "time (s)", "chosen"]
     lines = [
         f"Search for `{loss_type}`: {len(result.rows)} candidates; chosen by the lowest validation ECE among those "
         f"within {max_accuracy_drop:g} points of the best validation accuracy.",
