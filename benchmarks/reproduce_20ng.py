@@ -26,7 +26,7 @@ The reduced versions recorded in benchmarks/RESULTS.md (2-core CPU): the paper's
         --encoder_epochs 1 --encoder_losses ce,ls,mbls
     python benchmarks/reproduce_20ng.py --output_dir runs/tuned-20ng --settings cnn --cnn_losses ce,ls,focal,mbls \\
         --cnn_epochs 4 --cnn_max_seq_length 128 --search_hparams
-    python benchmarks/reproduce_20ng.py --output_dir runs/untuned128-20ng --settings cnn --cnn_losses ls,focal,mbls \
+    python benchmarks/reproduce_20ng.py --output_dir runs/untuned128-20ng --settings cnn --cnn_losses ls,focal,mbls \\
         --cnn_epochs 4 --cnn_max_seq_length 128
 
 On several GPUs, pass e.g. `--launcher "accelerate launch --multi_gpu --num_processes 4"`.
