@@ -28,9 +28,11 @@ Every flag: `python recipes/text_classification.py --help`.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 
+import numpy as np
 import transformers
 from transformers import (
     AutoModelForSequenceClassification,
@@ -143,6 +145,13 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep a random subset of train."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep a random subset of validation."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Keep a random subset of test."})
+    save_predictions: bool = field(
+        default=False,
+        metadata={
+            "help": "Also write the test logits and labels as predictions_test.npz (float32 logits before temperature "
+            "scaling), so that metrics, intervals and paired comparisons can be recomputed without the model."
+        },
+    )
 
 
 def parse_args(argv: list[str] | None = None):
@@ -247,10 +256,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
     )
-    return train_calibrate_and_test(trainer, data, search_args)
+    return train_calibrate_and_test(trainer, data, search_args, save_predictions=data_args.save_predictions)
 
 
-def train_calibrate_and_test(trainer: CalibrationTrainer, data, search_args: SearchArguments) -> dict[str, float]:
+def train_calibrate_and_test(
+    trainer: CalibrationTrainer, data, search_args: SearchArguments, save_predictions: bool = False
+) -> dict[str, float]:
     """Optionally choose the loss's hyper-parameters on validation, train, fit the temperature on validation, test
     with and without it (test data enters only here, once), save everything."""
     search = {}
@@ -262,9 +273,19 @@ def train_calibrate_and_test(trainer: CalibrationTrainer, data, search_args: Sea
     trainer.fit_temperature(data["validation"])
     trainer.save_model()  # after fit_temperature: the config then carries calibration_temperature
     validation = trainer.evaluate(data["validation"], metric_key_prefix="validation")
-    test = trainer.predict(data["test"], metric_key_prefix="test").metrics
+    test_output = trainer.predict(data["test"], metric_key_prefix="test")
+    test = test_output.metrics
     results = {**train_result.metrics, **search, **validation, **test, "temperature": trainer.temperature}
     trainer.save_metrics("all", results)  # all_results.json, written by the main process only
+    trainer.save_state()  # trainer_state.json: the per-epoch evaluation history
+    if save_predictions and trainer.is_world_process_zero():
+        predictions = test_output.predictions
+        logits = predictions[0] if isinstance(predictions, tuple) else predictions
+        np.savez_compressed(
+            os.path.join(trainer.args.output_dir, "predictions_test.npz"),
+            logits=np.asarray(logits, dtype=np.float32),
+            labels=np.asarray(test_output.label_ids),
+        )
     trainer.accelerator.print({key: value for key, value in test.items() if "loss" not in key})
     return results
 
