@@ -83,7 +83,6 @@ def recipe_arguments(args: argparse.Namespace, regime: str, loss: str, setting: 
         f"--loss_type={loss}",
         f"--seed={seed}",
         f"--output_dir={output_dir}",
-        "--overwrite_output_dir=true",
         "--eval_strategy=epoch",
         "--save_strategy=no",
         "--logging_strategy=epoch",
