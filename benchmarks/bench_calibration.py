@@ -4,6 +4,9 @@ Claims checked on 1,000,000 x 100 float32:
 - `expected_calibration_error` on probabilities <= 0.5x torchmetrics' `multiclass_calibration_error`;
 - the full `calibration_report` from logits <= 3x a bare `torch.softmax` of the same logits.
 
+And on 10,000 x 20 logits (issue 15): the cost of `calibration_report(..., n_bootstrap=1000)` against the report
+without intervals (the ratio is printed; the goal is "a few times").
+
 Run from the repository root (one process; the CPU may be shared, so the contenders are interleaved and each
 time is the minimum over the repeats):
 
@@ -61,6 +64,21 @@ def bench_shape(n: int, c: int, args) -> str:
     )
 
 
+def bench_bootstrap(args, n: int = 10_000, c: int = 20, n_bootstrap: int = 1000) -> str:
+    """One row: the report with and without `n_bootstrap` resamples on `n` x `c` logits."""
+    logits = torch.randn(n, c) * 3
+    labels = torch.randint(0, c, (n,))
+    fns = {
+        "report": lambda: calibration_report(logits, labels, n_bins=args.n_bins),
+        "bootstrap": lambda: calibration_report(logits, labels, n_bins=args.n_bins, n_bootstrap=n_bootstrap),
+    }
+    times = interleaved_min(fns, max(2, args.repeats // 2))
+    return (
+        f"| {n:,} x {c} | {n_bootstrap} | {times['report']:.4f} | {times['bootstrap']:.4f} "
+        f"| {times['bootstrap'] / times['report']:.1f} |"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per contender (minimum is reported)")
@@ -82,6 +100,11 @@ def main():
     print("|---" * (header.count("|") - 1) + "|")
     for n, c in SHAPES:
         print(bench_shape(n, c, args), flush=True)
+    print()
+    header = "| N x C | resamples | report (s) | report + bootstrap (s) | bootstrap / report |"
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    print(bench_bootstrap(args), flush=True)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,15 @@ from .calibration import (
     brier_score,
     calibration_report,
     classwise_calibration_error,
+    debiased_calibration_error,
     expected_calibration_error,
     maximum_calibration_error,
     negative_log_likelihood,
+    overconfidence_error,
+    paired_bootstrap,
     reliability_bins,
+    smooth_calibration_error,
+    underconfidence_error,
 )
 from .calibration_config import CalibrationConfig
 from .calibration_trainer import CalibrationTrainer
@@ -48,6 +53,11 @@ __all__ = [
     "brier_score",
     "build_loss",
     "calibration_report",
+    "underconfidence_error",
+    "smooth_calibration_error",
+    "paired_bootstrap",
+    "overconfidence_error",
+    "debiased_calibration_error",
     "classwise_calibration_error",
     "expected_calibration_error",
     "maximum_calibration_error",

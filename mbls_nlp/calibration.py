@@ -1,4 +1,5 @@
-"""Calibration metrics: accuracy, ECE, adaptive ECE, classwise ECE, MCE, NLL, Brier score and reliability bins.
+"""Calibration metrics: accuracy, ECE (and its over/under split), adaptive ECE, classwise ECE, MCE, NLL, Brier score,
+debiased and smooth calibration errors, reliability bins and bootstrap intervals.
 
 Pure torch/numpy: usable from any training or evaluation loop. Every public function takes the same inputs:
 
@@ -25,6 +26,19 @@ confidence, `pred = argmax_k p_k` (first index on ties), `1[.]` the indicator):
 - `nll = mean -log p_y`; from logits it is computed as a log-softmax (`x_y - logsumexp(x)`), so it stays finite
   however confident the model is; from probabilities it is infinite when some `p_y` is 0.
 - `brier = mean sum_k (p_k - 1[y = k])^2` (between 0 and 2).
+- `ece_over = sum_b max(conf_b - acc_b, 0) * n_b / M` and `ece_under = sum_b max(acc_b - conf_b, 0) * n_b / M` over
+  the equal-width bins of `ece`: the over- and under-confident parts, `ece = ece_over + ece_under`.
+- `dsce`: the debiased squared calibration error of Kumar, Liang & Ma (NeurIPS 2019) over the equal-mass groups of
+  `aece`, `sum_g n_g / M * ((conf_g - acc_g)^2 - acc_g (1 - acc_g) / (n_g - 1))` (groups of < 2 positions count 0);
+  `dce = sqrt(max(dsce, 0))`. Unlike the binned ECE it is not biased upwards by the sampling noise of `acc_g`.
+- `smece`: the smooth ECE of Blasiok & Nakkiran (2023): kernel regression of `conf - 1[pred = y]` on `conf` with a
+  reflected Gaussian kernel whose width is the fixed point `smece_sigma = sigma` (see `smooth_calibration_error`).
+
+Uncertainty: `calibration_report(..., n_bootstrap=B)` adds percentile bootstrap intervals (`<name>_low`,
+`<name>_high`) from `B` resamples of the examples of dim 0 (whole sequences/images with trailing dims), and
+`paired_bootstrap` the interval of a difference between two models on the same resamples. Each resample is a
+vector of counts per example; every metric follows from count-weighted sums (matrix products, cumulative sums for
+the equal-mass groups), so no Python loop runs per resample.
 
 Numerics: probabilities are computed in the scores' dtype (float16/bfloat16 are upcast to float32), exactly like
 `torch.softmax`; bin indices are computed in float64 (exact for float32 values); every sum is accumulated in
@@ -54,14 +68,32 @@ __all__ = [
     "brier_score",
     "calibration_report",
     "classwise_calibration_error",
+    "debiased_calibration_error",
     "expected_calibration_error",
     "maximum_calibration_error",
     "negative_log_likelihood",
+    "overconfidence_error",
+    "paired_bootstrap",
     "reliability_bins",
+    "smooth_calibration_error",
+    "underconfidence_error",
 ]
 
 #: Keys of `calibration_report`, in order.
-METRIC_NAMES = ("accuracy", "ece", "aece", "cece", "mce", "nll", "brier")
+METRIC_NAMES = (
+    "accuracy",
+    "ece",
+    "aece",
+    "cece",
+    "mce",
+    "nll",
+    "brier",
+    "ece_over",
+    "ece_under",
+    "dsce",
+    "dce",
+    "smece",
+)
 
 # Rows of a probability vector must sum to 1 within this tolerance when `from_logits=False`.
 _ROW_SUM_TOL = 1e-3
@@ -237,6 +269,14 @@ def _scan_chunk(x, y, valid, start, stop, from_logits, n_bins, need, need_py, bu
             out["col_sum"] = p64.sum(dim=0).cpu().numpy()
         if "brier" in need:
             out["sq_sum"] = float(p64.mul_(p64).sum())
+    if "rows" in need:
+        # per-row terms for the bootstrap (`_Sample`): a fresh float64 copy, as the buffers are reused
+        rows_p = p.cpu().numpy().astype(np.float64)
+        out["rows_p"] = rows_p
+        out["rows_y"] = y_np
+        with np.errstate(divide="ignore"):  # from probabilities, p_y = 0 gives an infinite NLL, as in `nll`
+            out["rows_nll"] = x_pred - x_true - np.log(conf64) if from_logits else -np.log(p_true)
+        out["rows_brier"] = np.einsum("ij,ij->i", rows_p, rows_p) - 2.0 * p_true + 1.0
     if "cece" in need:
         num_classes = p.shape[1]
         # Elements at or below this threshold are surely in classwise bin 0 (p <= 1/n); only those above it (fewer
@@ -304,6 +344,9 @@ def _scan(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor | None, from_log
         "correct": np.concatenate([c["correct"] for c in chunks]),
     }
     out["m"] = out["conf"].size
+    for key in ("rows_p", "rows_y", "rows_nll", "rows_brier"):
+        if key in chunks[0]:
+            out[key] = np.concatenate([c[key] for c in chunks])
     for key in ("count", "conf_sum", "acc_sum", "p_sum", "hits"):
         if key in chunks[0]:
             out[key] = np.sum([c[key] for c in chunks], axis=0)
@@ -313,34 +356,131 @@ def _scan(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor | None, from_log
     return out
 
 
+def _mass_groups(stats: dict, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sizes, confidence sums and correct counts of the equal-mass groups (shared by `aece` and `dsce`)."""
+    if "mass_groups" in stats:
+        return stats["mass_groups"]
+    m = stats["m"]
+    sizes = np.full(n_bins, m // n_bins, dtype=np.int64)
+    sizes[: m % n_bins] += 1
+    conf = stats["conf"]
+    if conf.dtype == np.float32:
+        # Only group membership matters, not the order inside a group: partition (O(M) per boundary) instead of
+        # sorting. Key = (float bits, position): the bits of a non-negative float32 order like its value, and
+        # the position breaks ties exactly as a stable sort does. Measured on 1e6: 0.07 s vs 0.27 s.
+        key = (conf.view(np.int32).astype(np.int64) << 32) | np.arange(m, dtype=np.int64)
+        kth = np.unique(np.cumsum(sizes)[:-1])
+        kth = kth[(kth > 0) & (kth < m)]
+        order = np.argpartition(key, kth) if kth.size else np.arange(m)
+    else:
+        order = np.argsort(conf, kind="stable")
+    group = np.repeat(np.arange(n_bins), sizes)
+    conf_sum = np.bincount(group, weights=conf[order].astype(np.float64), minlength=n_bins)
+    acc_sum = np.bincount(group, weights=stats["correct"][order], minlength=n_bins)
+    stats["mass_groups"] = (sizes.astype(np.float64), conf_sum, acc_sum)
+    return stats["mass_groups"]
+
+
+def _debiased_sq(count: np.ndarray, conf_sum: np.ndarray, acc_sum: np.ndarray, m) -> np.ndarray:
+    """Kumar et al.'s debiased squared error from per-bin sums on the last axis (any leading batch axes)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        acc = acc_sum / count
+        # (conf_b - acc_b)^2 overestimates the squared gap by Var(acc_b) = acc_b (1 - acc_b) / (n_b - 1) (unbiased)
+        term = (conf_sum / count - acc) ** 2 - acc * (1.0 - acc) / (count - 1.0)
+    term = np.where(count >= 2, term, 0.0)  # a bin of fewer than 2 positions has no variance estimate: left out
+    return (term * count).sum(axis=-1) / m
+
+
+# Smooth ECE (Blasiok & Nakkiran 2023): the bandwidth search stops below this sigma, and evaluates the kernel
+# regression on at least this many points of [0, 1] (both as in the reference `relplot` 1.0.3).
+_SMECE_MIN_SIGMA = 1e-3
+_SMECE_MIN_POINTS = 200
+_SMECE_BISECTIONS = 12
+
+
+def _smece_grid_size(sigma: float) -> int:
+    # grid that the positions are linearly split onto before the convolution: spacing <= sigma / 10
+    return max(2000, round(20 / sigma)) // 2 + 1
+
+
+def _to_grid(values: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grid cell and weight of the right neighbour: `values` in [0, 1] split linearly onto `grid` points."""
+    scaled = values * (grid - 1)
+    left = np.clip(scaled.astype(np.int64), 0, grid - 2)
+    return left, scaled - left
+
+
+def _smece_from_grid(mass: np.ndarray, resid: np.ndarray, sigma: float) -> np.ndarray:
+    """Smooth ECE at bandwidth `sigma` from grid masses `(..., G)` of the positions and of their residuals."""
+    grid = mass.shape[-1]
+    both = np.stack([mass, resid])
+    # reflect about 0 and 1 (the kernel mass falling outside [0, 1] folds back), then a Gaussian convolution by FFT
+    ext = np.concatenate([both[..., :0:-1], both, both[..., -2::-1]], axis=-1)
+    offsets = np.arange(-(grid - 1), grid) / (grid - 1)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2) / (math.sqrt(2 * math.pi) * sigma)
+    size = 1 << (ext.shape[-1] + kernel.size - 2).bit_length()  # a power of 2 >= the full length: fast FFTs
+    conv = np.fft.irfft(np.fft.rfft(ext, size) * np.fft.rfft(kernel, size), size)
+    smooth = conv[..., 2 * (grid - 1) : 3 * (grid - 1) + 1]  # the original [0, 1] part of the "full" convolution
+    points = max(round(10 / sigma), _SMECE_MIN_POINTS)
+    t = np.linspace(0.0, 1.0, points)
+    left, frac = _to_grid(t, grid)
+    at_t = smooth[..., left] * (1.0 - frac) + smooth[..., left + 1] * frac
+    return np.abs(at_t[1]).sum(axis=-1) / at_t[0].sum(axis=-1)
+
+
+def _smece(conf: np.ndarray, correct: np.ndarray, sigma: float | None) -> tuple[float, float]:
+    """Smooth ECE and its bandwidth; `sigma=None` finds the fixed point `smECE_sigma = sigma` by bisection."""
+    conf = conf.astype(np.float64)
+    resid = conf - correct
+
+    def at(width):
+        grid = _smece_grid_size(width)
+        left, frac = _to_grid(conf, grid)
+        mass = np.bincount(left, weights=1.0 - frac, minlength=grid) + np.bincount(
+            left + 1, weights=frac, minlength=grid
+        )
+        res = np.bincount(left, weights=(1.0 - frac) * resid, minlength=grid)
+        res += np.bincount(left + 1, weights=frac * resid, minlength=grid)
+        return float(_smece_from_grid(mass, res, width))
+
+    if sigma is not None:
+        return at(sigma), sigma
+    # smECE_sigma decreases in sigma: bisect for the smallest sigma with sigma >= smECE_sigma (never below 1e-3)
+    low, high = 0.0, 1.0
+    for _ in range(_SMECE_BISECTIONS):
+        mid = (low + high) / 2
+        if mid < _SMECE_MIN_SIGMA or mid < at(mid):
+            low = mid
+        else:
+            high = mid
+    return at(high), high
+
+
 def _metric(name: str, stats: dict, n_bins: int) -> float:
     m = stats["m"]
     if name == "accuracy":
         return float(np.count_nonzero(stats["correct"]) / m)
     if name == "ece":
         return float(np.abs(stats["acc_sum"] - stats["conf_sum"]).sum() / m)
+    if name == "ece_over":
+        return float(np.maximum(stats["conf_sum"] - stats["acc_sum"], 0.0).sum() / m)
+    if name == "ece_under":
+        return float(np.maximum(stats["acc_sum"] - stats["conf_sum"], 0.0).sum() / m)
     if name == "mce":
         nonempty = stats["count"] > 0
         gaps = np.abs(stats["acc_sum"][nonempty] - stats["conf_sum"][nonempty]) / stats["count"][nonempty]
         return float(gaps.max())
     if name == "aece":
-        sizes = np.full(n_bins, m // n_bins, dtype=np.int64)
-        sizes[: m % n_bins] += 1
-        conf = stats["conf"]
-        if conf.dtype == np.float32:
-            # Only group membership matters, not the order inside a group: partition (O(M) per boundary) instead of
-            # sorting. Key = (float bits, position): the bits of a non-negative float32 order like its value, and
-            # the position breaks ties exactly as a stable sort does. Measured on 1e6: 0.07 s vs 0.27 s.
-            key = (conf.view(np.int32).astype(np.int64) << 32) | np.arange(m, dtype=np.int64)
-            kth = np.unique(np.cumsum(sizes)[:-1])
-            kth = kth[(kth > 0) & (kth < m)]
-            order = np.argpartition(key, kth) if kth.size else np.arange(m)
-        else:
-            order = np.argsort(conf, kind="stable")
-        group = np.repeat(np.arange(n_bins), sizes)
-        conf_sum = np.bincount(group, weights=conf[order].astype(np.float64), minlength=n_bins)
-        acc_sum = np.bincount(group, weights=stats["correct"][order], minlength=n_bins)
+        _, conf_sum, acc_sum = _mass_groups(stats, n_bins)
         return float(np.abs(acc_sum - conf_sum).sum() / m)
+    if name == "dsce":
+        return float(_debiased_sq(*_mass_groups(stats, n_bins), m))
+    if name == "dce":
+        return math.sqrt(max(float(_debiased_sq(*_mass_groups(stats, n_bins), m)), 0.0))
+    if name == "smece":
+        if "smece" not in stats:
+            stats["smece"] = _smece(stats["conf"], stats["correct"], stats.get("sigma"))
+        return stats["smece"][0]
     if name == "cece":
         num_classes = stats["p_sum"].shape[0]
         return float(np.abs(stats["hits"] - stats["p_sum"]).sum() / (m * num_classes))
@@ -357,6 +497,11 @@ _NEEDS = {
     "ece": {"top"},
     "aece": {"top"},
     "mce": {"top"},
+    "ece_over": {"top"},
+    "ece_under": {"top"},
+    "dsce": {"top"},
+    "dce": {"top"},
+    "smece": {"top"},
     "cece": {"cece"},
     "nll": {"nll"},
     "brier": {"brier"},
@@ -370,6 +515,177 @@ def _compute(names, scores, labels, n_bins, from_logits, ignore_index) -> dict[s
     with torch.no_grad():
         stats = _scan(x, y, valid, bool(from_logits), n_bins, need)
         return {n: _metric(n, stats, n_bins) for n in names}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bootstrap
+# ----------------------------------------------------------------------------------------------------------------
+# Resamples per chunk: about this many (resample, position) weights at a time, so the working set stays in cache.
+_BOOTSTRAP_CHUNK = 1 << 20
+
+
+def _check_bootstrap(n_bootstrap: Any, confidence: Any, seed: Any) -> None:
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)):
+        raise TypeError(f"`n_bootstrap` must be an integer >= 0 (0: no intervals), got {n_bootstrap!r}.")
+    if n_bootstrap < 0:
+        raise ValueError(f"`n_bootstrap` must be an integer >= 0 (0: no intervals), got {n_bootstrap}.")
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float, np.floating)):
+        raise TypeError(f"`confidence` must be a number in (0, 1), e.g. 0.95, got {confidence!r}.")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"`confidence` must be in (0, 1) (a fraction, e.g. 0.95), got {confidence}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"`seed` must be an integer (the bootstrap's random seed), got {seed!r}.")
+
+
+def _sample(scores, labels, n_bins: int, from_logits: bool, ignore_index: int) -> dict:
+    """Full-sample statistics plus what a resample needs: per-unit sums (dense and sparse) and the positions in
+    confidence order. The resampled unit is an example of dim 0 (a whole sequence or image with trailing dims)."""
+    x, y, valid = _prepare(scores, labels, ignore_index)
+    with torch.no_grad():
+        stats = _scan(x, y, valid, from_logits, n_bins, {"top", "nll", "brier", "cece", "rows"})
+    units = int(scores.shape[0])
+    rows = np.flatnonzero(valid.cpu().numpy()) if valid is not None else np.arange(x.shape[0])
+    unit = rows // (x.shape[0] // units)
+    p, yy, conf = stats["rows_p"], stats["rows_y"], stats["conf"].astype(np.float64)
+    m, num_classes = p.shape
+    correct = stats["correct"].astype(np.float64)
+    per_row = np.column_stack([np.ones(m), correct, stats["rows_nll"], stats["rows_brier"], p])
+    if m == units and np.array_equal(unit, np.arange(units)):
+        dense = per_row
+    else:
+        dense = np.zeros((units, per_row.shape[1]))
+        np.add.at(dense, unit, per_row)
+    # sparse per-unit sums, one key per (statistic, bin): top-label bins, classwise hits and large p_k, smooth-ECE grid
+    _, sigma = stats["smece"] = _smece(stats["conf"], stats["correct"], None)
+    grid = _smece_grid_size(sigma)
+    bins = _bin_index(conf, n_bins)
+    cw = num_classes * n_bins
+    p_true = p[np.arange(m), yy]
+    threshold = (1.0 / n_bins) * (1.0 - 1e-6)  # as in `_scan_chunk`: p_k below it are surely in bin 0
+    sel_row, sel_cls = np.nonzero(p > threshold)
+    sel_val = p[sel_row, sel_cls]
+    left, frac = _to_grid(conf, grid)
+    resid = conf - correct
+    base = 3 * n_bins + 2 * cw
+    keys = np.concatenate(
+        [
+            bins,
+            n_bins + bins,
+            2 * n_bins + bins,
+            3 * n_bins + yy * n_bins + _bin_index(p_true, n_bins),
+            3 * n_bins + cw + sel_cls * n_bins + _bin_index(sel_val, n_bins),
+            base + left,
+            base + left + 1,
+            base + grid + left,
+            base + grid + left + 1,
+        ]
+    )
+    cols = np.concatenate([unit, unit, unit, unit, unit[sel_row], unit, unit, unit, unit])
+    vals = np.concatenate(
+        [np.ones(m), conf, correct, np.ones(m), sel_val, 1.0 - frac, frac, (1.0 - frac) * resid, frac * resid]
+    )
+    # CSR (key, unit) built in numpy (torch's coalesce sorts far slower); duplicates only arise with trailing dims
+    num_keys = base + 2 * grid
+    flat = keys * units + cols
+    order = np.argsort(flat, kind="stable")
+    flat, vals = flat[order], vals[order]
+    if flat.size > 1 and np.any(flat[1:] == flat[:-1]):
+        starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
+        flat, vals = flat[starts], np.add.reduceat(vals, starts)
+    crow = np.searchsorted(flat // units, np.arange(num_keys + 1))
+    sparse = torch.sparse_csr_tensor(
+        torch.from_numpy(crow), torch.from_numpy(flat % units), torch.from_numpy(vals), (num_keys, units)
+    )
+    order = np.argsort(stats["conf"], kind="stable")  # the positions as `aece` groups them
+    stats.update(
+        units=units,
+        dense=dense,
+        sparse=sparse,
+        grid=grid,
+        sigma=sigma,
+        num_classes=num_classes,
+        order_unit=unit[order],
+        order_conf=conf[order],
+        order_correct=correct[order],
+    )
+    return stats
+
+
+def _replicates(sample: dict, weights: np.ndarray, names, n_bins: int) -> dict[str, np.ndarray]:
+    """Every metric in `names` for each row of `weights` (resample counts of the units, shape `(b, units)`)."""
+    b = weights.shape[0]
+    nb, num_classes, grid = n_bins, sample["num_classes"], sample["grid"]
+    dense = weights @ sample["dense"]
+    sparse = torch.sparse.mm(sample["sparse"], torch.from_numpy(np.ascontiguousarray(weights.T))).numpy().T
+    m = dense[:, 0]
+    count, conf_sum, acc_sum = sparse[:, :nb], sparse[:, nb : 2 * nb], sparse[:, 2 * nb : 3 * nb]
+    out = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["accuracy"] = dense[:, 1] / m
+        out["nll"] = dense[:, 2] / m
+        out["brier"] = dense[:, 3] / m
+        out["ece"] = np.abs(acc_sum - conf_sum).sum(axis=1) / m
+        out["ece_over"] = np.maximum(conf_sum - acc_sum, 0.0).sum(axis=1) / m
+        out["ece_under"] = np.maximum(acc_sum - conf_sum, 0.0).sum(axis=1) / m
+        out["mce"] = np.where(count > 0, np.abs(acc_sum - conf_sum) / count, -np.inf).max(axis=1)
+    cw = num_classes * nb
+    hits = sparse[:, 3 * nb : 3 * nb + cw].reshape(b, num_classes, nb)
+    p_sum = sparse[:, 3 * nb + cw : 3 * nb + 2 * cw].reshape(b, num_classes, nb).copy()
+    p_sum[:, :, 0] += dense[:, 4:] - p_sum.sum(axis=2)  # what is not above the threshold lies in bin 0
+    out["cece"] = np.abs(hits - p_sum).sum(axis=(1, 2)) / (m * num_classes)
+    base = 3 * nb + 2 * cw
+    out["smece"] = _smece_from_grid(sparse[:, base : base + grid], sparse[:, base + grid :], sample["sigma"])
+    if {"aece", "dsce", "dce"} & set(names):
+        # Equal-mass groups of each resample: its positions in confidence order are the sample's, each repeated
+        # w times; group k holds the sorted positions [P_k, P_k+1). F(P) = sum of the first P values, by
+        # interpolating the cumulative sums (a position's copies are adjacent, all of the same value).
+        w = weights[:, sample["order_unit"]]
+        zero = np.zeros((b, 1))
+        cum_w = np.concatenate([zero, np.cumsum(w, axis=1)], axis=1)
+        cum_conf = np.concatenate([zero, np.cumsum(w * sample["order_conf"], axis=1)], axis=1)
+        cum_acc = np.concatenate([zero, np.cumsum(w * sample["order_correct"], axis=1)], axis=1)
+        total = cum_w[:, -1].astype(np.int64)
+        k = np.arange(nb + 1)
+        bounds = k * (total[:, None] // nb) + np.minimum(k, (total % nb)[:, None])  # (b, nb + 1)
+        shift = (np.arange(b) * (int(total.max()) + 1))[:, None]
+        j = np.searchsorted((cum_w + shift).ravel(), (bounds + shift).ravel(), side="right").reshape(b, nb + 1)
+        j = j - np.arange(b)[:, None] * cum_w.shape[1] - 1  # index of the position straddling each boundary
+        rows = np.arange(b)[:, None]
+        last = min(sample["order_conf"].size - 1, cum_w.shape[1] - 2)
+        jj = np.minimum(j, last)
+        part = bounds - cum_w[rows, j]
+        f_conf = cum_conf[rows, j] + sample["order_conf"][jj] * part
+        f_acc = cum_acc[rows, j] + sample["order_correct"][jj] * part
+        g_conf, g_acc, g_n = np.diff(f_conf, axis=1), np.diff(f_acc, axis=1), np.diff(bounds, axis=1)
+        out["aece"] = np.abs(g_acc - g_conf).sum(axis=1) / total
+        out["dsce"] = _debiased_sq(g_n.astype(np.float64), g_conf, g_acc, total)
+        out["dce"] = np.sqrt(np.maximum(out["dsce"], 0.0))
+    return {name: out[name] for name in names}
+
+
+def _resample_counts(rng: np.random.Generator, b: int, units: int) -> np.ndarray:
+    """Counts `(b, units)` of `b` resamples of `units` units drawn uniformly with replacement."""
+    draws = rng.integers(0, units, size=(b, units)) + (np.arange(b) * units)[:, None]
+    return np.bincount(draws.ravel(), minlength=b * units).reshape(b, units).astype(np.float64)
+
+
+def _bootstrap(samples: list[dict], names, n_bins: int, n_bootstrap: int, seed: int) -> list[dict[str, np.ndarray]]:
+    """Replicates of every metric for each sample, all from the same resamples (so paired across samples)."""
+    units = samples[0]["units"]
+    rng = np.random.default_rng(int(seed))
+    per_chunk = max(1, _BOOTSTRAP_CHUNK // max(units, samples[0]["m"]))
+    parts: list[list[dict]] = [[] for _ in samples]
+    for start in range(0, n_bootstrap, per_chunk):
+        weights = _resample_counts(rng, min(per_chunk, n_bootstrap - start), units)
+        for part, sample in zip(parts, samples):
+            part.append(_replicates(sample, weights, names, n_bins))
+    return [{n: np.concatenate([c[n] for c in part]) for n in names} for part in parts]
+
+
+def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    tail = 50.0 * (1.0 - confidence)
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -392,11 +708,26 @@ _ARGS_DOC = """
 """
 
 
-def calibration_report(scores, labels, *, n_bins=15, from_logits=True, ignore_index=-100) -> dict[str, float]:
-    """All calibration metrics from one pass over the scores (definitions in the module docstring).
+def calibration_report(
+    scores, labels, *, n_bins=15, from_logits=True, ignore_index=-100, n_bootstrap=0, confidence=0.95, seed=0
+) -> dict[str, float]:
+    """All calibration metrics from one pass over the scores (definitions in the module docstring), optionally with
+    percentile bootstrap intervals.
     {args}
+        n_bootstrap (`int`, *optional*, defaults to 0):
+            Number of bootstrap resamples; 0 computes no interval. A resample draws `N` examples of dim 0 with
+            replacement: whole sequences or images when the scores have trailing dims (their positions are not
+            independent), rows otherwise. Every metric is recomputed on each resample (smooth ECE at the
+            full-sample bandwidth); the interval is the pair of `(1 - confidence) / 2` and `(1 + confidence) / 2`
+            percentiles of the replicates. Costs about `n_bootstrap * N * (10 + C)` float operations.
+        confidence (`float`, *optional*, defaults to 0.95):
+            Coverage of the intervals, in (0, 1).
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the resampling (numpy's `default_rng`): the same inputs and seed give the same intervals.
+
     Returns:
-        `dict[str, float]`: keys `METRIC_NAMES` = `accuracy, ece, aece, cece, mce, nll, brier`, as fractions.
+        `dict[str, float]`: keys `METRIC_NAMES` = `accuracy, ece, aece, cece, mce, nll, brier, ece_over, ece_under,
+        dsce, dce, smece`, as fractions; with `n_bootstrap > 0` also `<name>_low` and `<name>_high` for each.
 
     Raises:
         `ValueError` or `TypeError` on bad input, naming the argument and the expected values.
@@ -407,11 +738,223 @@ def calibration_report(scores, labels, *, n_bins=15, from_logits=True, ignore_in
     >>> from mbls_nlp.calibration import calibration_report
     >>> probs = torch.tensor([[0.9, 0.1], [0.4, 0.6]])
     >>> # brier: ((0.9 - 1)^2 + 0.1^2 + (0.4 - 1)^2 + 0.6^2) / 2 = (0.02 + 0.72) / 2 = 0.37; nll: -log(0.9 * 0.4) / 2
+    >>> # ece_over: conf 0.6 > acc 0 -> 0.6 / 2 = 0.3; ece_under: acc 1 > conf 0.9 -> 0.1 / 2 = 0.05; dsce: each
+    >>> # group of 1 position has no variance estimate, so 0
     >>> report = calibration_report(probs, torch.tensor([0, 0]), n_bins=10, from_logits=False)
     >>> {{k: round(v, 4) for k, v in report.items()}}
-    {{'accuracy': 0.5, 'ece': 0.35, 'aece': 0.35, 'cece': 0.35, 'mce': 0.6, 'nll': 0.5108, 'brier': 0.37}}
+    {{'accuracy': 0.5, 'ece': 0.35, 'aece': 0.35, 'cece': 0.35, 'mce': 0.6, 'nll': 0.5108, 'brier': 0.37, \
+'ece_over': 0.3, 'ece_under': 0.05, 'dsce': 0.0, 'dce': 0.0, 'smece': 0.2492}}
     """
-    return _compute(METRIC_NAMES, scores, labels, n_bins, from_logits, ignore_index)
+    _check_bootstrap(n_bootstrap, confidence, seed)
+    if not n_bootstrap:
+        return _compute(METRIC_NAMES, scores, labels, n_bins, from_logits, ignore_index)
+    n_bins = _check_options(n_bins, from_logits, ignore_index)
+    sample = _sample(scores, labels, n_bins, bool(from_logits), int(ignore_index))
+    report = {name: _metric(name, sample, n_bins) for name in METRIC_NAMES}
+    (replicates,) = _bootstrap([sample], METRIC_NAMES, n_bins, int(n_bootstrap), seed)
+    for name in METRIC_NAMES:
+        report[f"{name}_low"], report[f"{name}_high"] = _interval(replicates[name], confidence)
+    return report
+
+
+def paired_bootstrap(
+    scores_a,
+    scores_b,
+    labels,
+    *,
+    metrics=None,
+    n_bootstrap=1000,
+    confidence=0.95,
+    seed=0,
+    n_bins=15,
+    from_logits=True,
+    ignore_index=-100,
+) -> dict[str, float]:
+    """Difference `metric(a) - metric(b)` of two models on the same examples, with a paired percentile bootstrap
+    interval: each resample draws the same examples for both models, so what the examples share (their
+    difficulty) cancels and the interval is that of the difference itself.
+
+    Args:
+        scores_a (`torch.Tensor` or `np.ndarray`):
+            Logits or probabilities of model a, shape `(N, C)` or `(N, C, d1, ...)`.
+        scores_b (`torch.Tensor` or `np.ndarray`):
+            Those of model b, the same shape.
+        labels (`torch.Tensor` or `np.ndarray`):
+            Integer class indices of shape `(N,)` or `(N, d1, ...)`, shared by both models.
+        metrics (`list[str]`, *optional*):
+            Names among `METRIC_NAMES` (default: all).
+        n_bootstrap (`int`, *optional*, defaults to 1000):
+            Number of resamples (>= 1); resampling as in [`calibration_report`].
+        confidence (`float`, *optional*, defaults to 0.95):
+            Coverage of the intervals, in (0, 1).
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the resampling.
+        n_bins (`int`, *optional*, defaults to 15):
+            Number of bins (>= 1).
+        from_logits (`bool` or `tuple[bool, bool]`, *optional*, defaults to `True`):
+            Whether the scores are logits; a pair sets it per model, e.g. `(True, False)`.
+        ignore_index (`int`, *optional*, defaults to -100):
+            Label value of positions excluded from every metric.
+
+    Returns:
+        `dict[str, float]`: for each metric `<name>` (the difference a - b), `<name>_low` and `<name>_high`.
+
+    Examples:
+
+    >>> import torch
+    >>> from mbls_nlp.calibration import paired_bootstrap
+    >>> labels = torch.tensor([0, 1, 0, 1])
+    >>> a = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0], [0.0, 1.0]])
+    >>> diff = paired_bootstrap(a, a, labels, metrics=["ece"], n_bootstrap=100)  # a model against itself
+    >>> diff["ece"], diff["ece_low"], diff["ece_high"]
+    (0.0, 0.0, 0.0)
+    """
+    _check_bootstrap(n_bootstrap, confidence, seed)
+    if n_bootstrap < 1:
+        raise ValueError(f"`n_bootstrap` must be an integer >= 1 for a paired bootstrap, got {n_bootstrap}.")
+    if metrics is None:
+        metrics = METRIC_NAMES
+    if isinstance(metrics, str) or not all(name in METRIC_NAMES for name in metrics):
+        raise ValueError(f"`metrics` must be a list of names among {METRIC_NAMES}, got {metrics!r}.")
+    pair = tuple(from_logits) if isinstance(from_logits, (tuple, list)) else (from_logits, from_logits)
+    if len(pair) != 2:
+        raise ValueError(f"`from_logits` must be a bool or a pair of bools (a, b), got {from_logits!r}.")
+    n_bins = _check_options(n_bins, pair[0], ignore_index)
+    _check_options(n_bins, pair[1], ignore_index)
+    if tuple(scores_a.shape) != tuple(scores_b.shape):
+        raise ValueError(
+            f"`scores_a` and `scores_b` must have the same shape, got {tuple(scores_a.shape)} and "
+            f"{tuple(scores_b.shape)}."
+        )
+    samples = [_sample(s, labels, n_bins, bool(fl), int(ignore_index)) for s, fl in zip((scores_a, scores_b), pair)]
+    rep_a, rep_b = _bootstrap(samples, tuple(metrics), n_bins, int(n_bootstrap), seed)
+    out = {}
+    for name in metrics:
+        out[name] = _metric(name, samples[0], n_bins) - _metric(name, samples[1], n_bins)
+        out[f"{name}_low"], out[f"{name}_high"] = _interval(rep_a[name] - rep_b[name], confidence)
+    return out
+
+
+def overconfidence_error(scores, labels, *, n_bins=15, from_logits=True, ignore_index=-100) -> float:
+    """The over-confident part of the ECE: `sum_b max(conf_b - acc_b, 0) * n_b / M` over the equal-width bins of
+    the top-label confidence; with [`underconfidence_error`] it adds up to the ECE.
+    {args}
+    Returns:
+        `float`: a fraction.
+
+    Examples:
+
+    >>> import torch
+    >>> from mbls_nlp.calibration import overconfidence_error
+    >>> # bin (0.5, 0.6]: conf 0.6 > acc 0 -> 0.6 / 2; bin (0.8, 0.9] is under-confident (acc 1 > conf 0.9)
+    >>> round(overconfidence_error(torch.tensor([[0.9, 0.1], [0.4, 0.6]]), torch.tensor([0, 0]),
+    ...                            n_bins=10, from_logits=False), 6)
+    0.3
+    """
+    return _compute(("ece_over",), scores, labels, n_bins, from_logits, ignore_index)["ece_over"]
+
+
+def underconfidence_error(scores, labels, *, n_bins=15, from_logits=True, ignore_index=-100) -> float:
+    """The under-confident part of the ECE: `sum_b max(acc_b - conf_b, 0) * n_b / M` over the equal-width bins of
+    the top-label confidence; with [`overconfidence_error`] it adds up to the ECE.
+    {args}
+    Returns:
+        `float`: a fraction.
+
+    Examples:
+
+    >>> import torch
+    >>> from mbls_nlp.calibration import underconfidence_error
+    >>> # bin (0.8, 0.9]: acc 1 > conf 0.9 -> 0.1 / 2
+    >>> round(underconfidence_error(torch.tensor([[0.9, 0.1], [0.4, 0.6]]), torch.tensor([0, 0]),
+    ...                             n_bins=10, from_logits=False), 6)
+    0.05
+    """
+    return _compute(("ece_under",), scores, labels, n_bins, from_logits, ignore_index)["ece_under"]
+
+
+def debiased_calibration_error(
+    scores, labels, *, n_bins=15, from_logits=True, ignore_index=-100, squared=False
+) -> float:
+    """Debiased top-label L2 calibration error of Kumar, Liang & Ma (NeurIPS 2019, "Verified Uncertainty
+    Calibration"), over the equal-mass groups of `aece`: `dsce = sum_g n_g / M * ((conf_g - acc_g)^2 -
+    acc_g (1 - acc_g) / (n_g - 1))`, groups of fewer than 2 positions contributing 0; the squared plug-in gap is
+    biased upwards by the variance of `acc_g`, which the second term estimates and removes. `dsce` can be slightly
+    negative for a well-calibrated model (it is unbiased); the root `dce = sqrt(max(dsce, 0))`.
+
+    Equals `calibration.lower_bound_scaling_ce(probs, labels, p=2, debias=True, num_bins=n_bins,
+    mode="top-label")` of the `uncertainty-calibration` package on the same probabilities, except that the
+    reference puts a run of equal confidences straddling a group boundary into the lower group, where the stable
+    sort here splits it by position (identical without such ties), and that it uses at most `M` groups.
+    {args}
+        squared (`bool`, *optional*, defaults to `False`):
+            Return `dsce` (the unbiased estimate of the squared error) instead of its root `dce`.
+
+    Returns:
+        `float`: `dce` (a fraction), or `dsce` with `squared=True`.
+
+    Examples:
+
+    >>> import torch
+    >>> from mbls_nlp.calibration import debiased_calibration_error
+    >>> # 1 group of 4, conf 0.75, acc 0.5: (0.75 - 0.5)^2 - 0.5 * 0.5 / 3 = 0.0625 - 0.0833 < 0 -> 0
+    >>> probs = torch.tensor([[0.75, 0.25]] * 4)
+    >>> debiased_calibration_error(probs, torch.tensor([0, 0, 1, 1]), n_bins=1, from_logits=False)
+    0.0
+    """
+    if not isinstance(squared, (bool, np.bool_)):
+        raise TypeError(f"`squared` must be True (dsce) or False (dce), got {squared!r}.")
+    name = "dsce" if squared else "dce"
+    return _compute((name,), scores, labels, n_bins, from_logits, ignore_index)[name]
+
+
+def smooth_calibration_error(scores, labels, *, bandwidth=None, from_logits=True, ignore_index=-100) -> float:
+    """Smooth ECE of Blasiok & Nakkiran (2023, "Smooth ECE: Principled Reliability Diagrams via Kernel
+    Smoothing"), of the top-label confidence: the residuals `r_i = conf_i - 1[pred_i = y_i]` are smoothed with a
+    Gaussian kernel of width `sigma` reflected at 0 and 1, `r(t) = sum_i K(t, c_i) r_i / sum_i K(t, c_i)`, and
+    `smece = integral |r(t)| * density(t) dt`. The bandwidth is the fixed point `smece_sigma = sigma` (found by
+    bisection on [0, 1], 12 steps, never below 1e-3), which makes the estimator consistent without a bin count.
+
+    Numerics follow the reference `relplot` (1.0.3): the positions are split linearly onto a grid of spacing about
+    `sigma / 10`, the reflected convolution is exact on that grid (by FFT here) and the integral is a sum over
+    `max(10 / sigma, 200)` points. Against `relplot.smECE_sigma` at a fixed bandwidth the difference is below 1e-6
+    (relplot adds 1e-4 to each density value, omitted here) for sigma <= 0.05; relplot truncates its kernel at
+    +-0.5, which moves wide kernels (sigma = 0.2) by ~1e-4 relative; against `relplot.smECE` below 1e-3, as relplot
+    stops its bisection after 10 steps.
+
+    Args:
+        scores (`torch.Tensor` or `np.ndarray`):
+            Logits, or probabilities when `from_logits=False`, of shape `(N, C)` or `(N, C, d1, ...)`.
+        labels (`torch.Tensor` or `np.ndarray`):
+            Integer class indices of shape `(N,)` or `(N, d1, ...)`, in `[0, C)` or equal to `ignore_index`.
+        from_logits (`bool`, *optional*, defaults to `True`):
+            Whether `scores` are logits (a softmax is applied) or probabilities.
+        ignore_index (`int`, *optional*, defaults to -100):
+            Label value of positions excluded from the metric.
+        bandwidth (`float`, *optional*):
+            A fixed kernel width `sigma` in (0, 1] instead of the fixed point.
+
+    Returns:
+        `float`: the smooth ECE, a fraction.
+
+    Examples:
+
+    >>> import torch
+    >>> from mbls_nlp.calibration import smooth_calibration_error
+    >>> # a calibrated pair: confidence 0.5, one right and one wrong, the residuals cancel
+    >>> smooth_calibration_error(torch.tensor([[0.5, 0.5], [0.5, 0.5]]), torch.tensor([0, 1]), from_logits=False)
+    0.0
+    """
+    if bandwidth is not None:
+        if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float, np.floating)):
+            raise TypeError(f"`bandwidth` must be None (the fixed point) or a number in (0, 1], got {bandwidth!r}.")
+        if not 0.0 < bandwidth <= 1.0:
+            raise ValueError(f"`bandwidth` must be None (the fixed point) or in (0, 1], got {bandwidth}.")
+    _check_options(1, from_logits, ignore_index)
+    x, y, valid = _prepare(scores, labels, int(ignore_index))
+    with torch.no_grad():
+        stats = _scan(x, y, valid, bool(from_logits), 1, {"top"})
+    return _smece(stats["conf"], stats["correct"], None if bandwidth is None else float(bandwidth))[0]
 
 
 def accuracy(scores, labels, *, n_bins=15, from_logits=True, ignore_index=-100) -> float:
@@ -576,6 +1119,10 @@ def reliability_bins(scores, labels, *, n_bins=15, from_logits=True, ignore_inde
 
 for _fn in (
     calibration_report,
+    overconfidence_error,
+    underconfidence_error,
+    debiased_calibration_error,
+    smooth_calibration_error,
     accuracy,
     expected_calibration_error,
     adaptive_calibration_error,

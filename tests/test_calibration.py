@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import relplot
 import torch
 
 from mbls_nlp.calibration import (
@@ -15,10 +16,15 @@ from mbls_nlp.calibration import (
     brier_score,
     calibration_report,
     classwise_calibration_error,
+    debiased_calibration_error,
     expected_calibration_error,
     maximum_calibration_error,
     negative_log_likelihood,
+    overconfidence_error,
+    paired_bootstrap,
     reliability_bins,
+    smooth_calibration_error,
+    underconfidence_error,
 )
 
 
@@ -70,6 +76,18 @@ def reference(probs: np.ndarray, labels: np.ndarray, n_bins: int, nll_logits: np
             nll = -np.log(p[np.arange(m), y]).mean()
     onehot = np.eye(c)[y]
     brier = ((p - onehot) ** 2).sum(axis=1).mean()
+    over = under = 0.0
+    for b in range(n_bins):
+        mask = in_bin(conf, b)
+        if mask.any():
+            gap = conf[mask].mean() - correct[mask].mean()
+            over += max(gap, 0.0) * mask.sum() / m
+            under += max(-gap, 0.0) * mask.sum() / m
+    dsce = 0.0
+    for group in np.array_split(order, n_bins):
+        if len(group) >= 2:  # Kumar et al. 2019: squared gap minus the unbiased variance of the group's accuracy
+            a = correct[group].mean()
+            dsce += ((conf[group].mean() - a) ** 2 - a * (1 - a) / (len(group) - 1)) * len(group) / m
     return {
         "accuracy": correct.mean(),
         "ece": ece,
@@ -78,14 +96,25 @@ def reference(probs: np.ndarray, labels: np.ndarray, n_bins: int, nll_logits: np
         "mce": max(gaps),
         "nll": nll,
         "brier": brier,
+        "ece_over": over,
+        "ece_under": under,
+        "dsce": dsce,
+        "dce": math.sqrt(max(dsce, 0.0)),
+        # the reference implementation (Apple's relplot); agreement to 2e-3 (its bisection stops at 2^-10)
+        "smece": float(relplot.smECE(conf, correct)),
     }
+
+
+# relplot's bandwidth search stops after 10 bisection steps, ours after 12: the two fixed points differ by <= 2^-10
+SMECE_ATOL = 2e-3
 
 
 def assert_reports_close(ours: dict, ref: dict, atol: float):
     assert tuple(ours) == METRIC_NAMES
     for name in METRIC_NAMES:
         assert isinstance(ours[name], float), name
-        assert ours[name] == pytest.approx(ref[name], abs=atol, rel=0), name
+        tol = max(atol, SMECE_ATOL) if name == "smece" else atol
+        assert ours[name] == pytest.approx(ref[name], abs=tol, rel=0), name
 
 
 def random_logits(n, c, seed, dtype=torch.float64, scale=3.0):
@@ -238,7 +267,8 @@ def test_float32_logits_use_float32_softmax():
     nll_ours, nll_ref = ours.pop("nll"), ref.pop("nll")
     assert nll_ours == pytest.approx(nll_ref, rel=1e-6)
     for name in ours:
-        assert ours[name] == pytest.approx(ref[name], abs=1e-9), name
+        tol = SMECE_ATOL if name == "smece" else 1e-9  # smece: against relplot, see SMECE_ATOL
+        assert ours[name] == pytest.approx(ref[name], abs=tol), name
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -525,4 +555,199 @@ def test_equals_reference_for_other_bin_and_class_counts(n_bins, num_classes):
 def test_single_class():
     # one class: p = 1 everywhere, always right -> every calibration error 0, nll 0, brier 0
     r = calibration_report(torch.randn(7, 1), torch.zeros(7, dtype=torch.long))
-    assert r == {"accuracy": 1.0, "ece": 0.0, "aece": 0.0, "cece": 0.0, "mce": 0.0, "nll": 0.0, "brier": 0.0}
+    assert r == {"accuracy": 1.0, "ece": 0.0, "aece": 0.0, "cece": 0.0, "mce": 0.0, "nll": 0.0, "brier": 0.0} | {
+        "ece_over": 0.0,
+        "ece_under": 0.0,
+        "dsce": 0.0,
+        "dce": 0.0,
+        "smece": 0.0,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bias-aware estimators against their reference implementations (issue 15)
+# ----------------------------------------------------------------------------------------------------------------
+def test_over_and_under_confidence_split_the_ece():
+    logits, labels = random_logits(2000, 7, seed=11)
+    over, under = overconfidence_error(logits, labels), underconfidence_error(logits, labels)
+    assert over + under == pytest.approx(expected_calibration_error(logits, labels), abs=1e-12)
+    # sharper logits (x3) make the model over-confident: the over part grows, the under part vanishes
+    assert overconfidence_error(logits * 3, labels) > over
+    assert underconfidence_error(logits * 3, labels) < 1e-3
+
+
+@pytest.mark.parametrize("n_bins", [1, 10, 15])
+def test_debiased_error_equals_uncertainty_calibration(n_bins):
+    import calibration as kumar  # the `uncertainty-calibration` package (Kumar et al. 2019)
+
+    logits, labels = random_logits(3000, 10, seed=n_bins)
+    probs = torch.softmax(logits, dim=1).numpy()
+    ref = kumar.lower_bound_scaling_ce(probs, labels.numpy(), p=2, debias=True, num_bins=n_bins, mode="top-label")
+    # continuous confidences: no tie straddles a group boundary, so the groups are the same and so is the value
+    assert debiased_calibration_error(logits, labels, n_bins=n_bins) == pytest.approx(ref, abs=1e-12)
+    dsce = debiased_calibration_error(logits, labels, n_bins=n_bins, squared=True)
+    assert math.sqrt(max(dsce, 0.0)) == pytest.approx(ref, abs=1e-12)
+
+
+def test_debiased_error_is_less_biased_than_the_plugin_estimate():
+    import calibration as kumar
+
+    # A perfectly calibrated model (labels drawn from its own probabilities): the true squared error is 0. Over 20
+    # datasets of 500 the plug-in squared error is far above 0 while the debiased one averages to 0 within noise.
+    debiased, plugin = [], []
+    for seed in range(20):
+        gen = torch.Generator().manual_seed(seed)
+        logits = torch.randn(500, 5, generator=gen, dtype=torch.float64) * 2
+        labels = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=gen).squeeze(1)
+        probs = torch.softmax(logits, dim=1).numpy()
+        debiased.append(debiased_calibration_error(logits, labels, squared=True))
+        plugin.append(kumar.lower_bound_scaling_ce(probs, labels.numpy(), p=2, debias=False, mode="top-label") ** 2)
+    se = np.std(debiased, ddof=1) / math.sqrt(len(debiased))
+    assert abs(np.mean(debiased)) < 3 * se
+    assert np.mean(plugin) > 3 * se + np.mean(debiased)
+
+
+@pytest.mark.parametrize("sigma", [0.02, 0.05, 0.2])
+def test_smooth_ece_at_fixed_bandwidth_equals_relplot(sigma):
+    logits, labels = random_logits(5000, 10, seed=3)
+    probs = torch.softmax(logits, dim=1).numpy()
+    conf, correct = relplot.multiclass_logits_to_confidences(probs, labels.numpy(), probs=True)
+    ref = relplot.smECE_sigma(conf, correct, sigma)
+    # relplot adds 1e-4 to each of its ~200 density values (relative effect < 1e-6) and truncates its kernel at
+    # +-0.5, which only matters for wide kernels (sigma = 0.2: the cut is at 2.5 sigma)
+    rel = 1e-6 if sigma <= 0.05 else 1e-4
+    assert smooth_calibration_error(logits, labels, bandwidth=sigma) == pytest.approx(ref, rel=rel, abs=1e-9)
+
+
+@pytest.mark.parametrize("n", [100, 5000])
+def test_smooth_ece_fixed_point_equals_relplot(n):
+    logits, labels = random_logits(n, 10, seed=n)
+    probs = torch.softmax(logits, dim=1).numpy()
+    conf, correct = relplot.multiclass_logits_to_confidences(probs, labels.numpy(), probs=True)
+    ref, sigma = relplot.smECE(conf, correct, return_width=True)
+    assert smooth_calibration_error(logits, labels) == pytest.approx(ref, abs=SMECE_ATOL)
+
+
+def test_smooth_ece_bad_bandwidth():
+    logits, labels = random_logits(10, 3, seed=0)
+    with pytest.raises(ValueError, match="`bandwidth`"):
+        smooth_calibration_error(logits, labels, bandwidth=0.0)
+    with pytest.raises(TypeError, match="`bandwidth`"):
+        smooth_calibration_error(logits, labels, bandwidth="0.1")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bootstrap intervals and paired differences (issue 15)
+# ----------------------------------------------------------------------------------------------------------------
+def resampled_reports(scores, labels, n_bootstrap, seed, **kwargs):
+    """Slow float64 loop: the report on each resample, drawing the examples of dim 0 exactly like the library
+    (numpy default_rng(seed).integers, all resamples in one chunk for these small inputs)."""
+    n = scores.shape[0]
+    draws = np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))
+    return [calibration_report(scores[d], labels[d], **kwargs) for d in draws]
+
+
+def loop_interval(values, confidence):
+    tail = 50 * (1 - confidence)
+    return tuple(np.percentile(values, [tail, 100 - tail]))
+
+
+@pytest.mark.parametrize("shape", [(120, 4), (30, 4, 5)])
+def test_bootstrap_intervals_equal_a_loop_over_resamples(shape):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=shape) * 2
+    labels = rng.integers(0, shape[1], size=(shape[0],) + shape[2:])
+    labels.reshape(-1)[::7] = -100  # ignored positions stay ignored in every resample
+    ours = calibration_report(logits, labels, n_bootstrap=40, confidence=0.9, seed=5)
+    loop = resampled_reports(logits, labels, 40, 5)
+    for name in METRIC_NAMES:
+        assert ours[name] == calibration_report(logits, labels)[name]  # the point estimates are unchanged
+        if name == "smece":
+            # the replicates keep the full-sample bandwidth, the loop re-chooses it: compare at a fixed sigma
+            continue
+        low, high = loop_interval([r[name] for r in loop], 0.9)
+        assert ours[f"{name}_low"] == pytest.approx(low, abs=1e-12), name
+        assert ours[f"{name}_high"] == pytest.approx(high, abs=1e-12), name
+
+
+def test_bootstrap_smooth_ece_uses_the_full_sample_bandwidth():
+    rng = np.random.default_rng(1)
+    logits, labels = rng.normal(size=(150, 3)) * 2, rng.integers(0, 3, size=150)
+    probs = torch.softmax(torch.tensor(logits), dim=1).numpy()
+    conf, correct = relplot.multiclass_logits_to_confidences(probs, labels, probs=True)
+    _, sigma = relplot.smECE(conf, correct, return_width=True)
+    ours = calibration_report(logits, labels, n_bootstrap=30, seed=2)
+    draws = np.random.default_rng(2).integers(0, 150, size=(30, 150))
+    # our sigma and relplot's differ by < 2^-10; at relplot's sigma the loop agrees to that order
+    values = [smooth_calibration_error(logits[d], labels[d], bandwidth=float(sigma)) for d in draws]
+    low, high = loop_interval(values, 0.95)
+    assert ours["smece_low"] == pytest.approx(low, abs=SMECE_ATOL)
+    assert ours["smece_high"] == pytest.approx(high, abs=SMECE_ATOL)
+
+
+def test_bootstrap_is_seeded_and_covers_the_estimate():
+    logits, labels = random_logits(500, 5, seed=4)
+    a = calibration_report(logits, labels, n_bootstrap=200, seed=1)
+    assert a == calibration_report(logits, labels, n_bootstrap=200, seed=1)
+    b = calibration_report(logits, labels, n_bootstrap=200, seed=2)
+    assert a["ece_low"] != b["ece_low"]
+    for name in METRIC_NAMES:
+        assert a[f"{name}_low"] <= a[f"{name}_high"], name
+    # a wider coverage gives a wider interval on the same resamples
+    wide = calibration_report(logits, labels, n_bootstrap=200, seed=1, confidence=0.99)
+    assert wide["ece_low"] <= a["ece_low"] and wide["ece_high"] >= a["ece_high"]
+    # the accuracy's interval is about +-1.96 standard errors: sqrt(acc (1 - acc) / 500)
+    se = math.sqrt(a["accuracy"] * (1 - a["accuracy"]) / 500)
+    assert (a["accuracy_high"] - a["accuracy_low"]) == pytest.approx(2 * 1.96 * se, rel=0.25)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"n_bootstrap": -1}, ValueError, "`n_bootstrap`"),
+        ({"n_bootstrap": 1.5}, TypeError, "`n_bootstrap`"),
+        ({"n_bootstrap": 10, "confidence": 1.0}, ValueError, r"`confidence` must be in \(0, 1\)"),
+        ({"n_bootstrap": 10, "confidence": 0.0}, ValueError, "`confidence`"),
+        ({"n_bootstrap": 10, "seed": 1.5}, TypeError, "`seed` must be an integer"),
+        ({"n_bootstrap": 10, "seed": None}, TypeError, "`seed`"),
+    ],
+)
+def test_bootstrap_bad_options(kwargs, error, match):
+    logits, labels = random_logits(20, 3, seed=0)
+    with pytest.raises(error, match=match):
+        calibration_report(logits, labels, **kwargs)
+
+
+def test_paired_bootstrap_equals_a_loop_and_its_invariants():
+    logits, labels = random_logits(200, 4, seed=7)
+    other = logits * 0.5  # a less confident model on the same examples
+    probs = torch.softmax(other, dim=1)
+    ours = paired_bootstrap(logits, probs, labels, n_bootstrap=50, seed=3, from_logits=(True, False))
+    draws = np.random.default_rng(3).integers(0, 200, size=(50, 200))
+    for name in ("accuracy", "ece", "aece", "cece", "mce", "nll", "brier", "ece_over", "dsce"):
+        diffs = [
+            calibration_report(logits[d], labels[d])[name] - calibration_report(other[d], labels[d])[name]
+            for d in draws
+        ]
+        point = calibration_report(logits, labels)[name] - calibration_report(other, labels)[name]
+        assert ours[name] == pytest.approx(point, abs=1e-12), name
+        low, high = loop_interval(diffs, 0.95)
+        assert ours[f"{name}_low"] == pytest.approx(low, abs=1e-9), name
+        assert ours[f"{name}_high"] == pytest.approx(high, abs=1e-9), name
+    # a model against itself: 0 [0, 0]; swapping the models negates the difference and mirrors the interval
+    same = paired_bootstrap(logits, logits, labels, n_bootstrap=50, seed=3)
+    assert all(value == 0.0 for value in same.values())
+    swapped = paired_bootstrap(probs, logits, labels, n_bootstrap=50, seed=3, from_logits=(False, True))
+    for name in METRIC_NAMES:
+        assert swapped[name] == pytest.approx(-ours[name], abs=1e-12)
+        assert swapped[f"{name}_low"] == pytest.approx(-ours[f"{name}_high"], abs=1e-9)
+
+
+def test_paired_bootstrap_bad_input():
+    logits, labels = random_logits(20, 3, seed=0)
+    with pytest.raises(ValueError, match="same shape"):
+        paired_bootstrap(logits, logits[:10], labels)
+    with pytest.raises(ValueError, match="`metrics`"):
+        paired_bootstrap(logits, logits, labels, metrics=["bogus"])
+    with pytest.raises(ValueError, match="`n_bootstrap` must be an integer >= 1"):
+        paired_bootstrap(logits, logits, labels, n_bootstrap=0)

@@ -31,7 +31,11 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
             assert namespace["trainer"].temperature is not None
         if "evaluate.load" in block:
             results = namespace["results"]
-            assert sorted(results) == ["accuracy", "aece", "brier", "cece", "ece", "mce", "nll"]
+            # the first seven keys, then those of issue 15
+            assert sorted(results) == sorted(
+                ["accuracy", "aece", "brier", "cece", "ece", "mce", "nll"]
+                + ["ece_over", "ece_under", "dsce", "dce", "smece"]
+            )
             # confidences 0.9 (right), 0.7 (right), 0.6 (class 0, wrong) in three bins: (0.1 + 0.3 + 0.6) / 3
             assert results["ece"] == pytest.approx(1.0 / 3.0)
 

@@ -41,6 +41,15 @@ argmax_k p_ik, N samples and `n_bins` bins:
 - mce (Maximum Calibration Error): max over non-empty equal-width bins of |acc_b - conf_b|.
 - nll: mean of -log p_{i, y_i}.
 - brier: mean over samples of sum_k (p_ik - 1[y_i = k])^2.
+- ece_over, ece_under: the over- and under-confident parts of the ECE, sum_b max(conf_b - acc_b, 0) * n_b / N and
+  sum_b max(acc_b - conf_b, 0) * n_b / N (ece = ece_over + ece_under).
+- dsce (Kumar, Liang & Ma 2019): debiased squared calibration error over the equal-mass bins of aece,
+  sum_b n_b / N * ((conf_b - acc_b)^2 - acc_b (1 - acc_b) / (n_b - 1)); dce = sqrt(max(dsce, 0)).
+- smece (Blasiok & Nakkiran 2023): smooth ECE, a kernel regression of c_i - 1[correct] on c_i with a reflected
+  Gaussian kernel at the fixed-point bandwidth (no bins).
+
+With `n_bootstrap > 0`, each key also gets `<key>_low` and `<key>_high`: a percentile bootstrap interval over
+resampled samples.
 
 The values are exactly those of `mbls_nlp.calibration_report`, which this metric calls.
 """
@@ -60,17 +69,26 @@ Args:
         If `True`, `predictions` are logits and a softmax is applied first (in float64).
     ignore_index (`int`, *optional*, defaults to `-100`):
         Reference value of samples to exclude (padding, sub-word tokens, void pixels).
+    n_bootstrap (`int`, *optional*, defaults to `0`):
+        Number of bootstrap resamples of the samples; 0 computes no interval.
+    confidence (`float`, *optional*, defaults to `0.95`):
+        Coverage of the bootstrap intervals, in (0, 1).
+    seed (`int`, *optional*, defaults to `0`):
+        Seed of the bootstrap resampling.
 
 Returns:
-    `dict` of `float`: `accuracy`, `ece`, `aece`, `cece`, `mce`, `nll` and `brier`, all fractions. Lower is better
-    for every key except `accuracy`.
+    `dict` of `float`: `accuracy`, `ece`, `aece`, `cece`, `mce`, `nll`, `brier`, `ece_over`, `ece_under`, `dsce`,
+    `dce` and `smece`, all fractions (with `<key>_low`/`<key>_high` when `n_bootstrap > 0`). Lower is better for
+    every key except `accuracy`.
 
 Examples:
 
     Example 1 - Probabilities. Confidences 0.95, 0.75, 0.65, 0.85 each fall in their own of 15 bins; the third
     prediction (class 0) is wrong, so ECE = (|1 - 0.95| + |1 - 0.75| + |0 - 0.65| + |1 - 0.85|) / 4
     = 1.1 / 4 = 0.275, MCE = 0.65, Brier = (2 * 0.05**2 + 2 * 0.25**2 + 2 * 0.65**2 + 2 * 0.15**2) / 4 = 0.255,
-    NLL = -(ln 0.95 + ln 0.75 + ln 0.35 + ln 0.85) / 4 = 0.3878.
+    NLL = -(ln 0.95 + ln 0.75 + ln 0.35 + ln 0.85) / 4 = 0.3878,
+    ECE over-confident part = 0.65 / 4 = 0.1625 (the wrong one), under-confident part = (0.05 + 0.25 + 0.15) / 4
+    = 0.1125.
 
         >>> import evaluate
         >>> import mbls_nlp
@@ -79,8 +97,10 @@ Examples:
         ...     predictions=[[0.95, 0.05], [0.25, 0.75], [0.65, 0.35], [0.15, 0.85]],
         ...     references=[0, 1, 1, 1],
         ... )
-        >>> print({name: round(value, 4) for name, value in results.items()})
+        >>> print({name: round(value, 4) for name, value in list(results.items())[:7]})
         {'accuracy': 0.75, 'ece': 0.275, 'aece': 0.275, 'cece': 0.275, 'mce': 0.65, 'nll': 0.3878, 'brier': 0.255}
+        >>> print({name: round(value, 4) for name, value in list(results.items())[7:]})
+        {'ece_over': 0.1625, 'ece_under': 0.1125, 'dsce': 0.0, 'dce': 0.0, 'smece': 0.1265}
 
     Example 2 - Logits, accumulated batch by batch, with a padded sample excluded through `ignore_index`.
     ln(3) vs 0 gives probabilities (0.75, 0.25); both kept samples are right with confidence 0.75, so ECE = 0.25.
@@ -95,7 +115,7 @@ Examples:
 """
 
 
-_CITATION = """
+_CITATION = r"""
 @inproceedings{liu2022mbls,
   title={The Devil is in the Margin: Margin-based Label Smoothing for Network Calibration},
   author={Liu, Bingyuan and Ben Ayed, Ismail and Galdran, Adrian and Dolz, Jose},
@@ -108,6 +128,18 @@ _CITATION = """
   booktitle={Proceedings of the 34th International Conference on Machine Learning (ICML)},
   pages={1321--1330},
   year={2017}
+}
+@inproceedings{kumar2019verified,
+  title={Verified Uncertainty Calibration},
+  author={Kumar, Ananya and Liang, Percy and Ma, Tengyu},
+  booktitle={Advances in Neural Information Processing Systems (NeurIPS)},
+  year={2019}
+}
+@article{blasiok2023smooth,
+  title={Smooth ECE: Principled Reliability Diagrams via Kernel Smoothing},
+  author={B{\l}asiok, Jaros{\l}aw and Nakkiran, Preetum},
+  journal={arXiv preprint arXiv:2309.12236},
+  year={2023}
 }
 @inproceedings{naeini2015obtaining,
   title={Obtaining Well Calibrated Probabilities Using Bayesian Binning},
@@ -136,7 +168,17 @@ class ECE(evaluate.Metric):
             reference_urls=["https://arxiv.org/abs/2111.15430", "https://arxiv.org/abs/1706.04599"],
         )
 
-    def _compute(self, predictions, references, n_bins=15, from_logits=False, ignore_index=-100):
+    def _compute(
+        self,
+        predictions,
+        references,
+        n_bins=15,
+        from_logits=False,
+        ignore_index=-100,
+        n_bootstrap=0,
+        confidence=0.95,
+        seed=0,
+    ):
         try:
             scores = np.asarray(predictions, dtype=np.float64)
         except ValueError as err:  # ragged rows: numpy cannot build a (N, C) array
@@ -150,4 +192,13 @@ class ECE(evaluate.Metric):
             )
         if scores.ndim != 2:
             raise ValueError(f"`predictions` must have shape (N, C), got an array of shape {scores.shape}.")
-        return calibration_report(scores, labels, n_bins=n_bins, from_logits=from_logits, ignore_index=ignore_index)
+        return calibration_report(
+            scores,
+            labels,
+            n_bins=n_bins,
+            from_logits=from_logits,
+            ignore_index=ignore_index,
+            n_bootstrap=n_bootstrap,
+            confidence=confidence,
+            seed=seed,
+        )
