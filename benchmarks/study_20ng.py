@@ -281,43 +281,42 @@ def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
         ("(loss + TS) - (CE + TS)", lambda run, ce: (run["scaled"], ce["scaled"])),
     ]
     header = ["loss", "setting", "comparison"] + [t for _, t, _ in PAIRED_METRICS]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    summary = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    detail = ["| " + " | ".join(["loss", "setting", "comparison", "seed"] + header[3:]) + " |"]
+    detail.append("|" + "---|" * (len(header) + 1))
     ce_by_seed = {r["seed"]: r for r in runs if r["loss_type"] == "ce" and r["setting"] == "default"}
     for (loss, setting), members in groups.items():
         if loss == "ce" and setting == "default":
             continue
         paired = [r for r in members if r["seed"] in ce_by_seed]
         for title, pick in comparisons:
-            cells = {key: [] for key, _, _ in PAIRED_METRICS}
+            results = []
             for run in paired:
                 a, b = pick(run, ce_by_seed[run["seed"]])
-                result = paired_bootstrap(
-                    a,
-                    b,
-                    run["labels"],
-                    metrics=[k for k, _, _ in PAIRED_METRICS],
-                    n_bootstrap=n_bootstrap,
-                    seed=run["seed"],
+                metrics = [key for key, _, _ in PAIRED_METRICS]
+                results.append(
+                    paired_bootstrap(a, b, run["labels"], metrics=metrics, n_bootstrap=n_bootstrap, seed=run["seed"])
                 )
-                for key, _, pct in PAIRED_METRICS:
-                    cells[key].append((result, pct))
+                cells = [_interval(results[-1], key, pct) for key, _, pct in PAIRED_METRICS]
+                detail.append("| " + " | ".join([loss, setting, title, str(run["seed"]), *cells]) + " |")
             row = [loss, setting, title]
             for key, _, pct in PAIRED_METRICS:
-                per_seed = [_interval(result, key, pct) for result, _ in cells[key]]
-                better = [
-                    (result[key + "_high"] < 0) if key != "accuracy" else (result[key + "_low"] > 0)
-                    for result, _ in cells[key]
-                ]
-                worse = [
-                    (result[key + "_low"] > 0) if key != "accuracy" else (result[key + "_high"] < 0)
-                    for result, _ in cells[key]
-                ]
-                mean = _fmt(float(np.mean([result[key] for result, _ in cells[key]])), pct)
-                row.append(
-                    f"mean {mean}; " + "; ".join(per_seed) + f" (better {sum(better)}/{len(better)}, "
-                    f"worse {sum(worse)}/{len(worse)})"
-                )
-            lines.append("| " + " | ".join(row) + " |")
+                # Higher accuracy is better; lower is better for every other metric.
+                above, below = sum(r[key + "_low"] > 0 for r in results), sum(r[key + "_high"] < 0 for r in results)
+                better, worse = (above, below) if key == "accuracy" else (below, above)
+                mean = _fmt(float(np.mean([r[key] for r in results])), pct)
+                row.append(f"{mean} (better {better}/{len(results)}, worse {worse}/{len(results)})")
+            summary.append("| " + " | ".join(row) + " |")
+    lines += [
+        "Each cell: the difference averaged over seeds; in parentheses, the number of seeds whose 95% paired interval",
+        "excludes zero in the loss's favour (better) or against it (worse). Per-seed intervals below.",
+        "",
+        *summary,
+        "",
+        "Per seed: difference [95% paired bootstrap interval].",
+        "",
+        *detail,
+    ]
     return "\n".join(lines) + "\n"
 
 
