@@ -29,8 +29,8 @@ __all__ = [
 ]
 
 # Views of `LOSS_REGISTRY` (the one home of the grids) for the losses with something to tune, per loss:
-# CalibrationConfig field -> build_loss keyword (what a search may vary), and the default grid. Losses absent here
-# (ce, flsd, brier) have no free hyper-parameter: their search trains nothing.
+# CalibrationConfig field -> build_loss keyword (what a search may vary), and the default grid. A loss absent here
+# has no free hyper-parameter: its search trains nothing.
 SEARCHABLE_HPARAMS: dict[str, dict[str, str]] = {
     name: spec.searchable for name, spec in LOSS_REGISTRY.items() if spec.search_grid
 }
