@@ -7,12 +7,15 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .losses import LOSS_NAMES, build_loss
+from .losses import ALPHA_SCHEDULES, LOSS_NAMES, LOSS_REGISTRY, build_loss
 from .temperature import FIT_METHODS as TEMPERATURE_METHODS
 
 __all__ = ["CalibrationConfig"]
 
-ALPHA_SCHEDULES = ("", "add", "multiply", "step")
+
+def _loss_default(loss_type: str, config_field: str) -> Any:
+    """A loss hyper-parameter's default: the loss class's own keyword default, read through `LOSS_REGISTRY`."""
+    return LOSS_REGISTRY[loss_type].defaults[config_field]
 
 
 @dataclass
@@ -22,7 +25,8 @@ class CalibrationConfig(TrainingArguments):
     its hyper-parameters (paper defaults) and the calibration metrics reported at evaluation.
 
     Being a `TrainingArguments` subclass, it works with `HfArgumentParser` and `accelerate launch` unchanged. Values
-    are checked in `__post_init__`, before any model is loaded.
+    are checked in `__post_init__`, before any model is loaded. Which field feeds which loss keyword, and the
+    defaults (the loss classes' own), come from `mbls_nlp.losses.LOSS_REGISTRY`.
 
     Parameters:
         loss_type (`str`, *optional*, defaults to `"mbls"`):
@@ -79,24 +83,44 @@ class CalibrationConfig(TrainingArguments):
     loss_type: str = field(
         default="mbls", metadata={"help": f"Training loss, one of {', '.join(LOSS_NAMES)}.", "choices": LOSS_NAMES}
     )
-    margin: float = field(default=10.0, metadata={"help": "MbLS margin on the logit distances max_j z_j - z_k."})
-    alpha: float = field(default=0.1, metadata={"help": "MbLS weight of the margin penalty."})
+    margin: float = field(
+        default=_loss_default("mbls", "margin"),
+        metadata={"help": "MbLS margin on the logit distances max_j z_j - z_k."},
+    )
+    alpha: float = field(
+        default=_loss_default("mbls", "alpha"), metadata={"help": "MbLS weight of the margin penalty."}
+    )
     alpha_schedule: str = field(
-        default="",
+        default=_loss_default("mbls", "alpha_schedule"),
         metadata={
             "help": "MbLS alpha schedule applied at each epoch end: '' (constant), 'add', 'multiply' or 'step'.",
             "choices": ALPHA_SCHEDULES,
         },
     )
     alpha_mu: float = field(
-        default=0.0, metadata={"help": "Increment ('add') or factor ('multiply', 'step') of the alpha schedule."}
+        default=_loss_default("mbls", "alpha_mu"),
+        metadata={"help": "Increment ('add') or factor ('multiply', 'step') of the alpha schedule."},
     )
-    alpha_max: float = field(default=100.0, metadata={"help": "Upper bound of alpha for 'add' and 'multiply'."})
-    alpha_step_size: int = field(default=100, metadata={"help": "Epoch period of the 'step' alpha schedule."})
-    ls_epsilon: float = field(default=0.05, metadata={"help": "Label-smoothing epsilon for loss_type='ls'."})
-    focal_gamma: float = field(default=3.0, metadata={"help": "Focal-loss gamma for loss_type='focal'."})
-    ecp_beta: float = field(default=0.1, metadata={"help": "Confidence-penalty weight for loss_type='ecp'."})
-    mmce_weight: float = field(default=1.0, metadata={"help": "MMCE weight for loss_type='mmce'."})
+    alpha_max: float = field(
+        default=_loss_default("mbls", "alpha_max"),
+        metadata={"help": "Upper bound of alpha for 'add' and 'multiply'."},
+    )
+    alpha_step_size: int = field(
+        default=_loss_default("mbls", "alpha_step_size"),
+        metadata={"help": "Epoch period of the 'step' alpha schedule."},
+    )
+    ls_epsilon: float = field(
+        default=_loss_default("ls", "ls_epsilon"), metadata={"help": "Label-smoothing epsilon for loss_type='ls'."}
+    )
+    focal_gamma: float = field(
+        default=_loss_default("focal", "focal_gamma"), metadata={"help": "Focal-loss gamma for loss_type='focal'."}
+    )
+    ecp_beta: float = field(
+        default=_loss_default("ecp", "ecp_beta"), metadata={"help": "Confidence-penalty weight for loss_type='ecp'."}
+    )
+    mmce_weight: float = field(
+        default=_loss_default("mmce", "mmce_weight"), metadata={"help": "MMCE weight for loss_type='mmce'."}
+    )
     loss_ignore_index: int = field(
         default=-100, metadata={"help": "Label value excluded from the loss and the metrics (255 for PASCAL VOC)."}
     )
@@ -117,8 +141,8 @@ class CalibrationConfig(TrainingArguments):
     )
 
     def __post_init__(self):
-        if self.loss_type not in LOSS_NAMES:
-            raise ValueError(f"`loss_type` must be one of {LOSS_NAMES}, got {self.loss_type!r}.")
+        if self.loss_type not in LOSS_REGISTRY:
+            raise ValueError(f"`loss_type` must be one of {tuple(LOSS_REGISTRY)}, got {self.loss_type!r}.")
         if self.alpha_schedule not in ALPHA_SCHEDULES:
             raise ValueError(f"`alpha_schedule` must be one of {ALPHA_SCHEDULES}, got {self.alpha_schedule!r}.")
         if self.temperature_method not in TEMPERATURE_METHODS:
@@ -141,19 +165,12 @@ class CalibrationConfig(TrainingArguments):
         super().__post_init__()
 
     def loss_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of `mbls_nlp.build_loss(self.loss_type, ...)` for the configured loss."""
-        per_loss = {
-            "mbls": {
-                "margin": self.margin,
-                "alpha": self.alpha,
-                "schedule": self.alpha_schedule,
-                "mu": self.alpha_mu,
-                "max_alpha": self.alpha_max,
-                "step_size": self.alpha_step_size,
-            },
-            "ls": {"epsilon": self.ls_epsilon},
-            "focal": {"gamma": self.focal_gamma},
-            "ecp": {"beta": self.ecp_beta},
-            "mmce": {"weight": self.mmce_weight},
+        """Keyword arguments of `mbls_nlp.build_loss(self.loss_type, ...)` for the configured loss.
+
+        The fields read are the loss's `LOSS_REGISTRY` entry's `hparams`, plus `loss_ignore_index` for every loss.
+        """
+        hparams = LOSS_REGISTRY[self.loss_type].hparams
+        return {
+            "ignore_index": self.loss_ignore_index,
+            **{keyword: getattr(self, config_field) for config_field, keyword in hparams.items()},
         }
-        return {"ignore_index": self.loss_ignore_index, **per_loss.get(self.loss_type, {})}

@@ -15,35 +15,54 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .losses import LOSS_NAMES, build_loss
+from .losses import LOSS_REGISTRY, build_loss
 
 __all__ = [
     "DEFAULT_SEARCH_GRIDS",
     "SEARCHABLE_HPARAMS",
     "SearchArguments",
     "SearchResult",
+    "describe_default_grids",
     "parse_search_grid",
     "search_calibration_hparams",
     "select_candidate",
 ]
 
-# CalibrationConfig field -> build_loss keyword, per loss: what a search may vary.
+# Views of `LOSS_REGISTRY` (the one home of the grids) for the losses with something to tune, per loss:
+# CalibrationConfig field -> build_loss keyword (what a search may vary), and the default grid. A loss absent here
+# has no free hyper-parameter: its search trains nothing.
 SEARCHABLE_HPARAMS: dict[str, dict[str, str]] = {
-    "mbls": {"margin": "margin", "alpha": "alpha"},
-    "ls": {"ls_epsilon": "epsilon"},
-    "focal": {"focal_gamma": "gamma"},
-    "ecp": {"ecp_beta": "beta"},
-    "mmce": {"mmce_weight": "weight"},
+    name: spec.searchable for name, spec in LOSS_REGISTRY.items() if spec.search_grid
 }
-# Grids around the paper's defaults (margin 10 / alpha 0.1, epsilon 0.05, gamma 3, beta 0.1, weight 1). Losses absent
-# here (ce, flsd, brier) have no free hyper-parameter: their "search" is the single configured candidate.
 DEFAULT_SEARCH_GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
-    "mbls": {"margin": (0.0, 2.0, 4.0, 6.0, 8.0, 10.0), "alpha": (0.1, 0.5, 1.0)},
-    "ls": {"ls_epsilon": (0.01, 0.05, 0.1, 0.2)},
-    "focal": {"focal_gamma": (1.0, 2.0, 3.0, 5.0)},
-    "ecp": {"ecp_beta": (0.05, 0.1, 0.2, 0.5)},
-    "mmce": {"mmce_weight": (0.5, 1.0, 2.0, 4.0)},
+    name: dict(spec.search_grid) for name, spec in LOSS_REGISTRY.items() if spec.search_grid
 }
+
+
+def describe_default_grids() -> str:
+    """The default grids of `LOSS_REGISTRY` in words, as the `--search_grid` help and recipes/README.md give them.
+
+    Examples:
+
+    ```python
+    >>> describe_default_grids().split("; ")[:2]
+    ['ls: ls_epsilon 0.01,0.05,0.1,0.2', 'focal: focal_gamma 1,2,3,5']
+
+    ```
+    """
+    parts = []
+    for name, spec in LOSS_REGISTRY.items():
+        if spec.search_grid:
+            grids = (
+                f"{config_field} " + ",".join(f"{v:g}" for v in values)
+                for config_field, values in spec.search_grid.items()
+            )
+            parts.append(f"{name}: " + " x ".join(grids))
+    untuned = [name for name, spec in LOSS_REGISTRY.items() if not spec.search_grid]
+    if untuned:
+        names = untuned[0] if len(untuned) == 1 else f"{', '.join(untuned[:-1])} and {untuned[-1]}"
+        parts.append(f"{names} {'has' if len(untuned) == 1 else 'have'} nothing to search")
+    return "; ".join(parts)
 
 
 @dataclass
@@ -62,10 +81,8 @@ class SearchArguments:
     search_grid: str | None = field(
         default=None,
         metadata={
-            "help": "Grid as 'name=v1,v2;name=v1,...' over the loss's fields (mbls: margin, alpha; ls: ls_epsilon; "
-            "focal: focal_gamma; ecp: ecp_beta; mmce: mmce_weight). Default: margin 0,2,4,6,8,10 x alpha 0.1,0.5,1 "
-            "for mbls; ls_epsilon 0.01,0.05,0.1,0.2; focal_gamma 1,2,3,5; ecp_beta 0.05,0.1,0.2,0.5; mmce_weight "
-            "0.5,1,2,4; ce, flsd and brier have nothing to search (no candidate is trained)."
+            "help": "Grid as 'name=v1,v2;name=v1,...' over the loss's config fields. Default, per loss (the "
+            f"fields each one may vary): {describe_default_grids()} (no candidate is trained)."
         },
     )
     max_accuracy_drop: float = field(
@@ -123,11 +140,12 @@ def parse_search_grid(grid: str | dict | None, loss_type: str) -> dict[str, tupl
 
     ```
     """
-    if loss_type not in LOSS_NAMES:
-        raise ValueError(f"`loss_type` must be one of {LOSS_NAMES}, got {loss_type!r}.")
-    allowed = SEARCHABLE_HPARAMS.get(loss_type, {})
+    spec = LOSS_REGISTRY.get(loss_type) if isinstance(loss_type, str) else None
+    if spec is None:
+        raise ValueError(f"`loss_type` must be one of {tuple(LOSS_REGISTRY)}, got {loss_type!r}.")
+    allowed = spec.searchable
     if grid is None:
-        return dict(DEFAULT_SEARCH_GRIDS.get(loss_type, {}))
+        return dict(spec.search_grid)
     if isinstance(grid, str):
         parsed = {}
         for item in filter(None, (part.strip() for part in grid.split(";"))):

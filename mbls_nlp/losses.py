@@ -10,20 +10,31 @@ backpropagates (zero gradients).
 Every forward also stores its parts in `last_parts` (detached, same reduction as the returned loss) so a trainer can
 log them without computing anything twice; `loss == sum(part_weights[k] * last_parts[k])`.
 
+`LOSS_REGISTRY` (at the end) is the one table of losses: each name's class, the `CalibrationConfig` fields of its
+hyper-parameters and its default search grid. `build_loss`, the config, the search and the help texts read it.
+
 Reference code: github.com/by-liu/MbLS (`calibrate/losses`), paper "The Devil is in the Margin: Margin-based Label
 Smoothing for Network Calibration" (Liu et al., CVPR 2022).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "ALPHA_SCHEDULES",
     "LOSS_NAMES",
+    "LOSS_REGISTRY",
+    "LossSpec",
     "CalibrationLoss",
     "CrossEntropyLoss",
     "LabelSmoothingLoss",
@@ -36,9 +47,9 @@ __all__ = [
     "build_loss",
 ]
 
-LOSS_NAMES: tuple[str, ...] = ("ce", "ls", "focal", "flsd", "ecp", "mmce", "brier", "mbls")
 _REDUCTIONS = ("mean", "sum", "none")
-_SCHEDULES = ("", "add", "multiply", "step")
+#: Values of `MarginLoss(schedule=...)` (and of `CalibrationConfig.alpha_schedule`).
+ALPHA_SCHEDULES: tuple[str, ...] = ("", "add", "multiply", "step")
 # Rows are processed in blocks of about this many elements (8 MiB of float32, within a 32 MiB L3) so that the several
 # elementwise passes of the fused MbLS kernel hit the cache instead of main memory (issue 5: each eager op is one
 # pass over memory). Not smaller: every op is a parallel region, and on a shared, oversubscribed CPU each one can
@@ -525,8 +536,8 @@ class MarginLoss(CalibrationLoss):
         super().__init__(ignore_index=ignore_index, reduction=reduction)
         self.margin = _check_non_negative("margin", margin)
         self.alpha = _check_finite_non_negative("alpha", alpha)
-        if schedule not in _SCHEDULES:
-            raise ValueError(f"`schedule` must be one of {_SCHEDULES}, got {schedule!r}.")
+        if schedule not in ALPHA_SCHEDULES:
+            raise ValueError(f"`schedule` must be one of {ALPHA_SCHEDULES}, got {schedule!r}.")
         self.schedule = schedule
         self.mu = _check_finite_non_negative("mu", mu)
         self.max_alpha = _check_finite_non_negative("max_alpha", max_alpha)
@@ -562,23 +573,119 @@ class MarginLoss(CalibrationLoss):
         return f"margin={self.margin}, alpha={self.alpha}{sched}, " + super().extra_repr()
 
 
-_LOSSES: dict[str, type[CalibrationLoss]] = {
-    "ce": CrossEntropyLoss,
-    "ls": LabelSmoothingLoss,
-    "focal": FocalLoss,
-    "flsd": FLSDLoss,
-    "ecp": ConfidencePenaltyLoss,
-    "mmce": MMCELoss,
-    "brier": BrierLoss,
-    "mbls": MarginLoss,
-}
+@dataclass(frozen=True)
+class LossSpec:
+    """One entry of [`LOSS_REGISTRY`]: what the config, the search and the help texts need to know about a loss.
+
+    The config field of a hyper-parameter takes its default from the loss class's keyword (the paper default), so a
+    default is written once, in the class signature.
+
+    Args:
+        name (`str`):
+            The `loss_type` value: a short lowercase word (`"mbls"`).
+        cls (`type[CalibrationLoss]`):
+            The loss class; `build_loss(name, **kwargs)` returns `cls(**kwargs)`.
+        hparams (`Mapping[str, str]`, *optional*, defaults to `{}`):
+            `CalibrationConfig` field -> keyword of `cls`, for every hyper-parameter the config sets (all but
+            `ignore_index`, which every loss takes from `loss_ignore_index`).
+        search_grid (`Mapping[str, tuple[float, ...]]`, *optional*, defaults to `{}`):
+            `CalibrationConfig` field -> the validation search's default candidates; its fields are the ones a
+            search may vary. Empty when the loss has nothing to tune (its search trains nothing).
+    """
+
+    name: str
+    cls: type[CalibrationLoss]
+    hparams: Mapping[str, str] = field(default_factory=dict)
+    search_grid: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.isidentifier() or self.name != self.name.lower():
+            raise ValueError(f"`name` must be a short lowercase word such as 'mbls', got {self.name!r}.")
+        if not (isinstance(self.cls, type) and issubclass(self.cls, CalibrationLoss)):
+            raise TypeError(f"`cls` must be a subclass of CalibrationLoss, got {self.cls!r}.")
+        parameters = inspect.signature(self.cls).parameters
+        keywords = [
+            name
+            for name, p in parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.default is not p.empty
+            and name not in ("ignore_index", "reduction")
+        ]
+        for config_field, keyword in self.hparams.items():
+            if keyword not in keywords:
+                raise ValueError(
+                    f"`hparams` maps {config_field!r} to {keyword!r}, which is not a keyword of "
+                    f"{self.cls.__name__}; allowed: {keywords}."
+                )
+        grid = {}
+        for config_field, values in self.search_grid.items():
+            if config_field not in self.hparams:
+                raise ValueError(
+                    f"`search_grid` varies {config_field!r}, which is not in `hparams`; allowed: {list(self.hparams)}."
+                )
+            values = tuple(float(value) for value in values)
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"`search_grid` must give distinct values of {config_field!r}, got {values}.")
+            grid[config_field] = values
+        # Read-only views: the registry is shared by every module that reads it.
+        object.__setattr__(self, "hparams", MappingProxyType(dict(self.hparams)))
+        object.__setattr__(self, "search_grid", MappingProxyType(grid))
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """`CalibrationConfig` field -> the default of its keyword in `cls` (the paper default)."""
+        parameters = inspect.signature(self.cls).parameters
+        return {config_field: parameters[keyword].default for config_field, keyword in self.hparams.items()}
+
+    @property
+    def searchable(self) -> dict[str, str]:
+        """`CalibrationConfig` field -> keyword of `cls`, for the fields a search may vary."""
+        return {config_field: self.hparams[config_field] for config_field in self.search_grid}
+
+
+def _registry(*specs: LossSpec) -> dict[str, LossSpec]:
+    names = [spec.name for spec in specs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"Loss names must be unique in the registry; repeated: {repeated}.")
+    return {spec.name: spec for spec in specs}
+
+
+#: The one table of losses, in the order help texts list them: `loss_type` -> [`LossSpec`]. Adding a loss means its
+#: class above and one entry here (plus a `CalibrationConfig` field for a new hyper-parameter); the config, the
+#: search, `build_loss` and every help text read it. The grids surround the paper defaults (margin 10 / alpha 0.1,
+#: epsilon 0.05, gamma 3, beta 0.1, weight 1).
+LOSS_REGISTRY: dict[str, LossSpec] = _registry(
+    LossSpec("ce", CrossEntropyLoss),
+    LossSpec("ls", LabelSmoothingLoss, {"ls_epsilon": "epsilon"}, {"ls_epsilon": (0.01, 0.05, 0.1, 0.2)}),
+    LossSpec("focal", FocalLoss, {"focal_gamma": "gamma"}, {"focal_gamma": (1.0, 2.0, 3.0, 5.0)}),
+    LossSpec("flsd", FLSDLoss),
+    LossSpec("ecp", ConfidencePenaltyLoss, {"ecp_beta": "beta"}, {"ecp_beta": (0.05, 0.1, 0.2, 0.5)}),
+    LossSpec("mmce", MMCELoss, {"mmce_weight": "weight"}, {"mmce_weight": (0.5, 1.0, 2.0, 4.0)}),
+    LossSpec("brier", BrierLoss),
+    LossSpec(
+        "mbls",
+        MarginLoss,
+        {
+            "margin": "margin",
+            "alpha": "alpha",
+            "alpha_schedule": "schedule",
+            "alpha_mu": "mu",
+            "alpha_max": "max_alpha",
+            "alpha_step_size": "step_size",
+        },
+        {"margin": (0.0, 2.0, 4.0, 6.0, 8.0, 10.0), "alpha": (0.1, 0.5, 1.0)},
+    ),
+)
+#: The registered loss names (the keys of `LOSS_REGISTRY`), kept as a tuple for the `choices` of the command lines.
+LOSS_NAMES: tuple[str, ...] = tuple(LOSS_REGISTRY)
 
 
 def build_loss(name: str, **kwargs) -> CalibrationLoss:
     """Builds a loss by its short name.
 
     Args:
-        name (`str`): one of `LOSS_NAMES` (`"ce", "ls", "focal", "flsd", "ecp", "mmce", "brier", "mbls"`).
+        name (`str`): a key of [`LOSS_REGISTRY`] (the names are `LOSS_NAMES`).
         **kwargs: the loss class's keyword arguments (e.g. `margin`, `alpha` for `"mbls"`).
 
     Returns:
@@ -590,6 +697,7 @@ def build_loss(name: str, **kwargs) -> CalibrationLoss:
     >>> build_loss("mbls", margin=6.0)
     MarginLoss(margin=6.0, alpha=0.1, ignore_index=-100, reduction='mean')
     """
-    if name not in _LOSSES:
-        raise ValueError(f"Unknown loss name {name!r}; `name` must be one of {LOSS_NAMES}.")
-    return _LOSSES[name](**kwargs)
+    spec = LOSS_REGISTRY.get(name) if isinstance(name, str) else None
+    if spec is None:
+        raise ValueError(f"Unknown loss name {name!r}; `name` must be one of {tuple(LOSS_REGISTRY)}.")
+    return spec.cls(**kwargs)

@@ -44,6 +44,20 @@ def test_default_grids_are_the_issue_grids():
         assert parse_search_grid(None, loss_type) == {} and loss_type not in DEFAULT_SEARCH_GRIDS
 
 
+def test_default_grids_in_words_for_the_help_and_the_readme():
+    from mbls_nlp.hparam_search import SEARCHABLE_HPARAMS, describe_default_grids
+
+    assert describe_default_grids() == (
+        "ls: ls_epsilon 0.01,0.05,0.1,0.2; focal: focal_gamma 1,2,3,5; ecp: ecp_beta 0.05,0.1,0.2,0.5; "
+        "mmce: mmce_weight 0.5,1,2,4; mbls: margin 0,2,4,6,8,10 x alpha 0.1,0.5,1; ce, flsd and brier have nothing "
+        "to search"
+    )
+    help_text = SearchArguments.__dataclass_fields__["search_grid"].metadata["help"]
+    assert describe_default_grids() in help_text
+    assert SEARCHABLE_HPARAMS["mbls"] == {"margin": "margin", "alpha": "alpha"}
+    assert set(SEARCHABLE_HPARAMS) == set(DEFAULT_SEARCH_GRIDS) == {"ls", "focal", "ecp", "mmce", "mbls"}
+
+
 def test_grid_strings_and_dicts():
     assert parse_search_grid(" margin = 0, 5 ; alpha=1 ", "mbls") == {"margin": (0.0, 5.0), "alpha": (1.0,)}
     assert parse_search_grid({"ls_epsilon": [0.1]}, "ls") == {"ls_epsilon": (0.1,)}

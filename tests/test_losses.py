@@ -440,3 +440,67 @@ def test_state_dict_rejects_bad_alpha():
     loss = MarginLoss()
     with pytest.raises(ValueError, match="alpha"):
         loss.load_state_dict({"_extra_state": {"alpha": -1.0}})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry: one table of losses (issue 12).
+# ---------------------------------------------------------------------------------------------------------------
+def test_registry_is_the_one_list_of_losses():
+    assert L.LOSS_NAMES == tuple(L.LOSS_REGISTRY) == ("ce", "ls", "focal", "flsd", "ecp", "mmce", "brier", "mbls")
+    for name, spec in L.LOSS_REGISTRY.items():
+        assert spec.name == name
+        assert type(build_loss(name)) is spec.cls
+        assert spec.cls.__name__ in L.__all__  # every registered class is public
+        assert set(spec.search_grid) <= set(spec.hparams)
+
+
+@pytest.mark.parametrize("name", [name for name, spec in L.LOSS_REGISTRY.items() if spec.search_grid])
+def test_every_default_grid_value_builds(name):
+    spec = L.LOSS_REGISTRY[name]
+    for config_field, values in spec.search_grid.items():
+        keyword = spec.hparams[config_field]
+        for value in values:
+            assert getattr(build_loss(name, **{keyword: value}), keyword) == value
+
+
+def test_spec_defaults_are_the_class_signature_defaults():
+    # The paper defaults, written here by hand: the registry must read them from the class, not restate them.
+    assert L.LOSS_REGISTRY["mbls"].defaults == {
+        "margin": 10.0,
+        "alpha": 0.1,
+        "alpha_schedule": "",
+        "alpha_mu": 0.0,
+        "alpha_max": 100.0,
+        "alpha_step_size": 100,
+    }
+    assert L.LOSS_REGISTRY["ls"].defaults == {"ls_epsilon": 0.05}
+    assert L.LOSS_REGISTRY["focal"].searchable == {"focal_gamma": "gamma"}
+    assert L.LOSS_REGISTRY["mbls"].searchable == {"margin": "margin", "alpha": "alpha"}
+    assert L.LOSS_REGISTRY["ce"].defaults == {} and L.LOSS_REGISTRY["ce"].searchable == {}
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        (("Focal", L.FocalLoss), ValueError, "`name` must be a short lowercase word"),
+        (("focal", torch.nn.CrossEntropyLoss), TypeError, "`cls` must be a subclass of CalibrationLoss"),
+        (("focal", L.FocalLoss, {"focal_gamma": "gama"}), ValueError, r"'gama'.*allowed: \['gamma'\]"),
+        (("focal", L.FocalLoss, {"loss_ignore_index": "ignore_index"}), ValueError, "not a keyword"),
+        (("focal", L.FocalLoss, {}, {"focal_gamma": (1.0,)}), ValueError, "not in `hparams`"),
+        (("focal", L.FocalLoss, {"focal_gamma": "gamma"}, {"focal_gamma": ()}), ValueError, "distinct values"),
+        (("focal", L.FocalLoss, {"focal_gamma": "gamma"}, {"focal_gamma": (1, 1.0)}), ValueError, "distinct"),
+    ],
+)
+def test_bad_registry_entries_are_rejected(args, error, match):
+    with pytest.raises(error, match=match):
+        L.LossSpec(*args)
+
+
+def test_registry_entries_are_read_only_and_names_unique():
+    spec = L.LOSS_REGISTRY["mbls"]
+    with pytest.raises(TypeError):
+        spec.search_grid["margin"] = (1.0,)
+    with pytest.raises(AttributeError):
+        spec.name = "other"
+    with pytest.raises(ValueError, match=r"repeated: \['ce'\]"):
+        L._registry(L.LossSpec("ce", L.CrossEntropyLoss), L.LossSpec("ce", L.BrierLoss))

@@ -85,3 +85,15 @@ def test_readme_recipe_commands_parse(words, monkeypatch):
         spec.loader.exec_module(recipe)
         arguments = [*arguments, "--output_dir=unused"]
     recipe.parse_args(arguments)  # every flag exists, every value has the right type and passes validation
+
+
+def test_readme_loss_lists_match_the_registry():
+    from mbls_nlp.hparam_search import describe_default_grids
+    from mbls_nlp.losses import LOSS_NAMES
+
+    def words(text: str) -> str:
+        return " ".join(text.split())
+
+    listed = ", ".join(f"`{name}`" for name in LOSS_NAMES)
+    assert f"`build_loss(name, **kwargs)` for {listed}" in words(README)
+    assert f"default grids, per loss and config field: {describe_default_grids()};" in words(RECIPES_README)
