@@ -38,7 +38,8 @@ from mbls_nlp.models import TextCNNConfig, TextCNNForSequenceClassification, tra
 from mbls_nlp.newsgroups import NEWSGROUPS_CLEANUP_MODES, clean_newsgroups
 from mbls_nlp.protocol import DataArguments, label_config, parse_recipe_args, train_calibrate_and_test
 
-# The paper's loader keeps 1000 words per message (by-liu/MbLS calibrate/data/newsgroup.py, pad_sequences(maxlen=1000)).
+# The paper's loader keeps 1000 words per message (by-liu/MbLS calibrate/data/newsgroup.py,
+# pad_sequences(maxlen=1000)).
 TEXT_CNN_MAX_LENGTH = 1000
 ARCHITECTURES = ("auto", "text_cnn")
 
@@ -55,8 +56,8 @@ class ModelArguments:
     architecture: str = field(
         default="auto",
         metadata={
-            "help": "'auto': the text CNN when --model_name_or_path is unset, else that checkpoint; 'text_cnn': always "
-            "the text CNN.",
+            "help": "'auto': the text CNN when --model_name_or_path is unset, else that checkpoint; 'text_cnn': "
+            "always the text CNN.",
             "choices": ARCHITECTURES,
         },
     )
@@ -111,9 +112,9 @@ class TextDataArguments(DataArguments):
     pad_to_max_length: bool | None = field(
         default=None,
         metadata={
-            "help": "Pad every text to --max_seq_length. Default: on for the text CNN (the paper pads every message to "
-            "1000 words, and its convolutions and max-pooling see the padding, so batch-dependent padding would make "
-            "results depend on the batch split across processes), off otherwise (padding per batch)."
+            "help": "Pad every text to --max_seq_length. Default: on for the text CNN (the paper pads every message "
+            "to 1000 words, and its convolutions and max-pooling see the padding, so batch-dependent padding would "
+            "make results depend on the batch split across processes), off otherwise (padding per batch)."
         },
     )
 
