@@ -180,6 +180,7 @@ def test_search_needs_model_init_and_validation(tmp_path):
 # ---- the recipe flag, on real 20 Newsgroups rows ----
 
 
+@pytest.mark.slow  # five text CNN trainings through the recipe: minutes on a shared CPU
 @pytest.mark.skipif(not NEWSGROUPS.is_dir(), reason=f"shared data not found at {NEWSGROUPS}")
 def test_recipe_search_selects_by_the_rule_and_tests_once(tmp_path, monkeypatch, load_script):
     recipe = load_script("recipes/text_classification.py")
