@@ -15,26 +15,15 @@ time is the minimum over the repeats):
 """
 
 import argparse
-import time
 
 import torch
+from _timing import interleaved_min
 from netcal.metrics import ECE as NetcalECE
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from mbls_nlp.calibration import calibration_report, expected_calibration_error
 
 SHAPES = ((100_000, 10), (1_000_000, 100), (100_000, 1_000))
-
-
-def interleaved_min(fns: dict, repeats: int) -> dict:
-    """Minimum wall time of each callable, calling them round-robin so that load from other processes hits all."""
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def bench_shape(n: int, c: int, args) -> str:

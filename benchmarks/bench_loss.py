@@ -16,10 +16,10 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
+from _timing import interleaved_min
 
 from mbls_nlp import losses as L
 from mbls_nlp.losses import LOSS_NAMES, build_loss
@@ -49,8 +49,6 @@ def parse_size(text: str) -> tuple[int, ...]:
 def time_methods(methods: dict, logits: torch.Tensor, labels: torch.Tensor, repeats: int) -> dict[str, float]:
     """Minimum over `repeats` of the mean time per call; small inputs are called in a loop of about 10^6 elements
     per measurement so that the timer's resolution and one-off stalls do not dominate. One untimed warm-up call."""
-    inner = max(1, 1_000_000 // logits.numel())
-    times = {name: float("inf") for name in methods}
     leaf = logits.clone().requires_grad_()
 
     def call(fn):
@@ -59,15 +57,8 @@ def time_methods(methods: dict, logits: torch.Tensor, labels: torch.Tensor, repe
         if out is not None:
             out.backward()
 
-    for fn in methods.values():
-        call(fn)
-    for _ in range(repeats):
-        for name, fn in methods.items():  # interleaved: every repeat runs every method
-            start = time.perf_counter()
-            for _ in range(inner):
-                call(fn)
-            times[name] = min(times[name], (time.perf_counter() - start) / inner)
-    return times
+    calls = {name: (lambda fn=fn: call(fn)) for name, fn in methods.items()}
+    return interleaved_min(calls, repeats, inner=max(1, 1_000_000 // logits.numel()), warmup=True)
 
 
 def main(argv=None):

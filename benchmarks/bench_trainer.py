@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import torch
+from _timing import interleaved_times, min_and_median
 from datasets import Dataset
 from transformers import (
     AutoModelForSequenceClassification,
@@ -241,10 +242,6 @@ def time_training_lockstep(order: tuple[str, ...], args, reference: torch.Tensor
     return durations
 
 
-def summarise(times: list[float]) -> tuple[float, float]:
-    return min(times), statistics.median(times)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per training run")
@@ -326,7 +323,6 @@ def main():
             flush=True,
         )
 
-    eval_times = {kind: [] for kind in kinds}
     outside = {kind: [] for kind in kinds}  # evaluate() time not spent in model.forward: the trainers' own work
     metrics = {}
     with tempfile.TemporaryDirectory() as output_dir:
@@ -336,20 +332,21 @@ def main():
         for kind in kinds:  # untimed warm-up call (first-call allocations, dataloader setup)
             metrics[kind] = trainers[kind].evaluate()
         forward = ForwardClock(model)
-        for repeat in range(args.eval_repeats):
-            for kind in kinds if repeat % 2 == 0 else kinds[::-1]:
-                forward.total = 0.0
-                synchronize()
-                start = time.perf_counter()
-                trainers[kind].evaluate()
-                synchronize()
-                eval_times[kind].append(time.perf_counter() - start)
-                outside[kind].append(eval_times[kind][-1] - forward.total)
-                print(
-                    f"  eval  {kind:5s} repeat {repeat + 1}: {eval_times[kind][-1]:.3f} s, "
-                    f"{outside[kind][-1] * 1e3:.1f} ms outside the model's forward",
-                    flush=True,
-                )
+
+        def evaluate(kind):
+            forward.total = 0.0
+            trainers[kind].evaluate()
+
+        def record(kind, repeat, seconds):
+            outside[kind].append(seconds - forward.total)
+            print(
+                f"  eval  {kind:5s} repeat {repeat + 1}: {seconds:.3f} s, "
+                f"{outside[kind][-1] * 1e3:.1f} ms outside the model's forward",
+                flush=True,
+            )
+
+        calls = {kind: (lambda kind=kind: evaluate(kind)) for kind in kinds}
+        eval_times = interleaved_times(calls, args.eval_repeats, alternate=True, sync=synchronize, on_time=record)
     if "eval_ece" not in metrics["ours"] or "eval_loss_margin" not in metrics["ours"]:
         raise RuntimeError(f"CalibrationTrainer.evaluate() did not report calibration metrics: {metrics['ours']}")
 
@@ -357,13 +354,13 @@ def main():
     print("| measurement | ours: CalibrationTrainer (mbls, metrics) | plain Trainer (CE) | ours / plain |")
     print("|---|---|---|---|")
     rows = (
-        ("train s/step, min of repeats", *(summarise(step_times[k])[0] for k in kinds)),
-        ("train s/step, median of repeats", *(summarise(step_times[k])[1] for k in kinds)),
+        ("train s/step, min of repeats", *(min_and_median(step_times[k])[0] for k in kinds)),
+        ("train s/step, median of repeats", *(min_and_median(step_times[k])[1] for k in kinds)),
         ("train s/step, median of all timed steps", *(statistics.median(all_steps[k]) for k in kinds)),
         ("train s/step, fastest single step", *(min(all_steps[k]) for k in kinds)),
         ("train, median of adjacent-step ratios", None, None),
-        ("eval s, min of repeats", *(summarise(eval_times[k])[0] for k in kinds)),
-        ("eval s, median of repeats", *(summarise(eval_times[k])[1] for k in kinds)),
+        ("eval s, min of repeats", *(min_and_median(eval_times[k])[0] for k in kinds)),
+        ("eval s, median of repeats", *(min_and_median(eval_times[k])[1] for k in kinds)),
         ("eval, median of adjacent-call ratios", None, None),
         ("eval s outside model forward, median", *(statistics.median(outside[k]) for k in kinds)),
         ("eval, plain + (ours - plain outside forward), medians", None, None),

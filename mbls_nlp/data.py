@@ -2,23 +2,21 @@
 
 - [`load_local_dataset`]: csv / json / jsonl (each optionally gzipped) / parquet files into a `DatasetDict`.
 - [`train_validation_split`]: a seeded (optionally stratified) validation split carved from train.
-- [`clean_newsgroups_text`], [`clean_newsgroups`]: 20 Newsgroups cleaning like the paper's loader (`"headers"`)
-  or like scikit-learn's `remove=("headers", "footers", "quotes")` (`"all"`).
-- [`train_word_tokenizer`]: the word-level tokenizer of the paper's text CNN, trained with `tokenizers`.
-- [`load_newsgroups`]: the shared `train.jsonl.gz` / `test.jsonl.gz` layout with named labels.
+- [`load_classification_splits`]: train / validation / test with a `ClassLabel` label column, from files or the Hub.
+- [`random_crop_and_flip`], [`image_column_of`]: the image recipe's augmentation and column lookup.
+
+20 Newsgroups cleaning lives in `mbls_nlp.newsgroups`, the text CNN's word tokenizer in
+`mbls_nlp.models.text_cnn.tokenization_text_cnn`.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable
-from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerFast
 
 # Extension (lowercase, compression suffix included) -> `datasets` packaged builder. Longest suffixes are tried
 # first so that ".jsonl.gz" is not read as ".gz".
@@ -31,7 +29,6 @@ _EXTENSION_TO_BUILDER = {
     ".jsonl.gz": "json",
     ".parquet": "parquet",
 }
-NEWSGROUPS_CLEANUP_MODES = ("none", "headers", "all")
 
 
 def _builder_for(path: str | os.PathLike, argument: str) -> str:
@@ -180,9 +177,10 @@ def train_validation_split(
     return datasets.DatasetDict(train=train, validation=validation)
 
 
-def _as_class_label(dataset: datasets.DatasetDict, label_column: str) -> datasets.DatasetDict:
-    # Integer labels take their names from a `<label>_text` column when there is one (20 Newsgroups files and the
-    # SetFit Hub copy have `label_text`); string labels are encoded in sorted order.
+def as_class_label(dataset: datasets.DatasetDict, label_column: str) -> datasets.DatasetDict:
+    """Cast `label_column` of every split to one `ClassLabel`: string labels are encoded in sorted order; integer
+    labels `0..max` take their names from a `<label_column>_text` column when every split has one and it maps them
+    one-to-one (20 Newsgroups files and the SetFit Hub copy have `label_text`), else the names `"0"`, `"1"`, ..."""
     feature = next(iter(dataset.values())).features[label_column]
     if isinstance(feature, datasets.ClassLabel):
         return dataset
@@ -275,7 +273,7 @@ def load_classification_splits(
     if label_column not in raw["train"].column_names:
         raise ValueError(f"`label_column` {label_column!r} is not a column; columns: {raw['train'].column_names}.")
     raw = datasets.DatasetDict({split: raw[split] for split in ("train", "validation", "test") if split in raw})
-    raw = _as_class_label(raw, label_column)
+    raw = as_class_label(raw, label_column)
     if "validation" not in raw:
         parts = train_validation_split(
             raw["train"], validation_split_percentage, seed, stratify_by_column=label_column
@@ -334,282 +332,33 @@ def image_column_of(dataset: datasets.Dataset, image_column: str | None = None) 
     raise ValueError(f"No Image column found among {dataset.column_names}; pass `image_column`.")
 
 
-# --- 20 Newsgroups cleaning ------------------------------------------------------------------------------------
-# Same semantics as scikit-learn's `sklearn.datasets._twenty_newsgroups` strip_newsgroup_{header,footer,quoting}
-# (checked message by message in tests/test_data.py); written here so that scikit-learn stays a test dependency.
-_QUOTE_PREFIXES = ("In article", "Quoted from", "|", ">")
-_QUOTE_MARKERS = ("writes in", "writes:", "wrote:", "says:", "said:")
+# Moved in issue 12; the README and the quickstart notebook imported them from here.
+_MOVED = {
+    "clean_newsgroups": ("mbls_nlp.newsgroups", "clean_newsgroups"),
+    "train_word_tokenizer": ("mbls_nlp.models", "train_word_tokenizer"),
+}
 
 
-def _strip_header_like_reference(text: str) -> str:
-    # The paper's loader (by-liu/MbLS calibrate/data/newsgroup.py): cut before the first blank line, keeping the
-    # blank line itself, unless there is none or the text starts with it.
-    i = text.find("\n\n")
-    return text[i:] if i > 0 else text
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+        import warnings
 
-
-def _strip_header(text: str) -> str:
-    # scikit-learn: everything after the first blank line, and nothing when there is no blank line.
-    _, _, after = text.partition("\n\n")
-    return after
-
-
-def _strip_footer(text: str) -> str:
-    # The signature starts at the last line that is blank or made of hyphens, trailing blank lines aside; nothing
-    # is removed when that line is the first one (or there is none).
-    lines = text.strip().split("\n")
-    for index in range(len(lines) - 1, 0, -1):
-        if lines[index].strip().strip("-") == "":
-            return "\n".join(lines[:index])
-    return text
-
-
-def _is_quote_line(line: str) -> bool:
-    return line.startswith(_QUOTE_PREFIXES) or any(marker in line for marker in _QUOTE_MARKERS)
-
-
-def _strip_quoting(text: str) -> str:
-    return "\n".join(line for line in text.split("\n") if not _is_quote_line(line))
-
-
-def clean_newsgroups_text(text: str, mode: str = "headers") -> str:
-    r"""
-    Clean one raw 20 Newsgroups message.
-
-    Args:
-        text (`str`):
-            The raw message, headers included.
-        mode (`str`, *optional*, defaults to `"headers"`):
-            - `"none"`: unchanged.
-            - `"headers"`: drop the header block like the paper's loader (by-liu/MbLS
-              `calibrate/data/newsgroup.py`): the text from the first `"\n\n"` on, blank line included; unchanged if
-              there is no blank line or the message starts with one.
-            - `"all"`: the same as scikit-learn's `fetch_20newsgroups(remove=("headers", "footers", "quotes"))`:
-              everything after the first blank line (empty if none), then the signature block after the last blank
-              or hyphen-only line removed, then lines that quote (starting with `>` or `|`, `In article`,
-              `Quoted from`, or containing `writes:`, `writes in`, `wrote:`, `says:`, `said:`) removed.
-
-    Returns:
-        `str`: the cleaned text.
-
-    Examples:
-
-    ```python
-    >>> from mbls_nlp.data import clean_newsgroups_text
-    >>> raw = "From: a@b.c\nSubject: hi\n\nYou wrote:\n> old\nNew text\n\n--\nSig"
-    >>> clean_newsgroups_text(raw, "headers")
-    '\n\nYou wrote:\n> old\nNew text\n\n--\nSig'
-    >>> clean_newsgroups_text(raw, "all")
-    'New text\n'
-
-    ```
-    """
-    if mode == "none":
-        return text
-    if mode == "headers":
-        return _strip_header_like_reference(text)
-    if mode == "all":
-        return _strip_quoting(_strip_footer(_strip_header(text)))
-    raise ValueError(f"`mode` must be one of {NEWSGROUPS_CLEANUP_MODES}, got {mode!r}.")
-
-
-def clean_newsgroups(
-    dataset: datasets.Dataset | datasets.DatasetDict,
-    mode: str = "headers",
-    text_column: str = "text",
-    num_proc: int | None = None,
-) -> datasets.Dataset | datasets.DatasetDict:
-    r"""
-    Apply [`clean_newsgroups_text`] to a text column with a batched `map`.
-
-    Args:
-        dataset (`datasets.Dataset` or `datasets.DatasetDict`):
-            Data with raw messages.
-        mode (`str`, *optional*, defaults to `"headers"`):
-            `"none"`, `"headers"` or `"all"`; see [`clean_newsgroups_text`]. `"none"` returns `dataset` as is.
-        text_column (`str`, *optional*, defaults to `"text"`):
-            The column to clean, in place.
-        num_proc (`int`, *optional*):
-            Processes for `map`.
-
-    Returns:
-        The same type as `dataset`, with `text_column` cleaned.
-
-    Examples:
-
-    ```python
-    >>> import datasets
-    >>> from mbls_nlp.data import clean_newsgroups
-    >>> ds = datasets.Dataset.from_dict({"text": ["Subject: x\n\nbody"]})
-    >>> list(clean_newsgroups(ds, "all")["text"])
-    ['body']
-
-    ```
-    """
-    if mode not in NEWSGROUPS_CLEANUP_MODES:
-        raise ValueError(f"`mode` must be one of {NEWSGROUPS_CLEANUP_MODES}, got {mode!r}.")
-    columns = dataset.column_names
-    columns = next(iter(columns.values())) if isinstance(columns, dict) else columns
-    if text_column not in columns:
-        raise ValueError(f"`text_column` must be one of the columns {columns}, got {text_column!r}.")
-    if mode == "none":
-        return dataset
-
-    def _clean(batch):
-        return {text_column: [clean_newsgroups_text(text, mode) for text in batch[text_column]]}
-
-    return dataset.map(_clean, batched=True, num_proc=num_proc, desc=f"Cleaning 20 Newsgroups ({mode})")
-
-
-# --- Word-level tokenizer of the text CNN ----------------------------------------------------------------------
-# Keras' `Tokenizer` default `filters` (the reference fits one on the texts): each of these characters becomes a
-# word separator. The apostrophe is not among them, so "don't" stays one word.
-KERAS_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
-
-
-def train_word_tokenizer(
-    texts: Iterable[str],
-    vocab_size: int = 20000,
-    max_length: int = 1000,
-    lowercase: bool = True,
-    min_frequency: int = 1,
-    truncation_side: str = "left",
-    pad_token: str = "[PAD]",
-    unk_token: str = "[UNK]",
-) -> PreTrainedTokenizerFast:
-    r"""
-    Train the word-level tokenizer of the paper's text CNN on `texts` with the `tokenizers` library.
-
-    It approximates the reference's Keras `Tokenizer(num_words=...)` and `pad_sequences(maxlen=1000)`
-    (by-liu/MbLS `calibrate/data/newsgroup.py`): lowercase, every character of Keras' default filters
-    (`KERAS_FILTERS`) turned into a separator, split on whitespace, the most frequent words kept. Differences:
-
-    - the vocabulary holds `pad_token` (id 0, like Keras' padding index) and `unk_token` (id 1), then the
-      `vocab_size - 2` most frequent words; Keras keeps `num_words - 1` words and *drops* unknown words, here they
-      become `unk_token`;
-    - Keras splits on spaces only, so other whitespace (`\r`, form feeds) stays inside its words; here any
-      whitespace separates words;
-    - ties in frequency are ordered by `tokenizers` (deterministic), not by first occurrence as in Keras;
-    - padding is on the right (the text CNN masks padding, so the side does not change its output); truncation
-      keeps the *last* `max_length` words by default, like Keras' `truncating="pre"`.
-
-    Use it with `padding="max_length"` or a `DataCollatorWithPadding` and `truncation=True`. Training is
-    deterministic: the same texts give the same vocabulary.
-
-    Args:
-        texts (`Iterable[str]`):
-            Training texts (iterated once).
-        vocab_size (`int`, *optional*, defaults to `20000`):
-            Size of the vocabulary, special tokens included (the text CNN's `config.vocab_size`).
-        max_length (`int`, *optional*, defaults to `1000`):
-            `model_max_length` of the tokenizer: the reference's `max_sequence_length`.
-        lowercase (`bool`, *optional*, defaults to `True`):
-            Lowercase before splitting (Keras' `lower=True`).
-        min_frequency (`int`, *optional*, defaults to `1`):
-            Minimum count for a word to enter the vocabulary.
-        truncation_side (`str`, *optional*, defaults to `"left"`):
-            `"left"` keeps the end of long texts (the reference), `"right"` their beginning.
-        pad_token (`str`, *optional*, defaults to `"[PAD]"`):
-            Padding token, id 0.
-        unk_token (`str`, *optional*, defaults to `"[UNK]"`):
-            Unknown-word token, id 1.
-
-    Returns:
-        `transformers.PreTrainedTokenizerFast`: saveable with `save_pretrained` and reloadable offline with
-        `AutoTokenizer.from_pretrained`; returns `input_ids` and `attention_mask`.
-
-    Examples:
-
-    ```python
-    >>> from mbls_nlp.data import train_word_tokenizer
-    >>> tok = train_word_tokenizer(["Don't panic.", "the cat, the dog!"], vocab_size=10, max_length=8)
-    >>> tok.convert_ids_to_tokens(tok("The DOG-don't bark")["input_ids"])
-    ['the', 'dog', "don't", '[UNK]']
-
-    ```
-    """
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 3:
-        raise ValueError(f"`vocab_size` must be an integer >= 3 (two special tokens and a word), got {vocab_size!r}.")
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-        raise ValueError(f"`max_length` must be a positive integer, got {max_length!r}.")
-    if truncation_side not in ("left", "right"):
-        raise ValueError(f"`truncation_side` must be 'left' or 'right', got {truncation_side!r}.")
-    if isinstance(texts, str):
-        raise TypeError("`texts` must be an iterable of strings, not a single string.")
-
-    tokenizer = Tokenizer(models.WordLevel(unk_token=unk_token))
-    steps = [normalizers.Lowercase()] if lowercase else []
-    # One character class of the filters; re.escape-like escaping for the few that are special inside [...].
-    char_class = "".join("\\" + c if c in "\\]^-[" else c for c in KERAS_FILTERS)
-    steps.append(normalizers.Replace(Regex(f"[{char_class}]"), " "))
-    tokenizer.normalizer = normalizers.Sequence(steps)
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.WordLevelTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[pad_token, unk_token], show_progress=False
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token=pad_token,
-        unk_token=unk_token,
-        model_max_length=max_length,
-        padding_side="right",
-        truncation_side=truncation_side,
-        model_input_names=["input_ids", "attention_mask"],
-    )
-
-
-def load_newsgroups(data_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> datasets.DatasetDict:
-    r"""
-    Load the shared 20 Newsgroups layout: `train.jsonl.gz` and `test.jsonl.gz` with `text`, `label`, `label_text`.
-
-    The `label` column becomes a `ClassLabel` whose names are the newsgroups (from `label_text`), so that
-    stratified splits work and `id2label` can be read from `features["label"].names`.
-
-    Args:
-        data_dir (`str` or `os.PathLike`):
-            Folder holding the two files (e.g. `shared/data/20newsgroups`).
-        cache_dir (`str` or `os.PathLike`, *optional*):
-            Arrow cache folder for `datasets`.
-
-    Returns:
-        `datasets.DatasetDict` with `"train"` and `"test"`, raw messages (clean them with [`clean_newsgroups`]).
-
-    Examples:
-
-    ```python
-    >>> from mbls_nlp.data import load_newsgroups
-    >>> ds = load_newsgroups("../shared/data/20newsgroups")  # doctest: +SKIP
-    >>> ds["train"].features["label"].names[0]  # doctest: +SKIP
-    'alt.atheism'
-
-    ```
-    """
-    data_dir = Path(data_dir)
-    ds = load_local_dataset(
-        train_file=data_dir / "train.jsonl.gz", test_file=data_dir / "test.jsonl.gz", cache_dir=cache_dir
-    )
-    pairs = set()
-    for split in ds.values():
-        pairs.update(zip(split["label"], split["label_text"]))
-    names = dict(sorted(pairs))
-    if len(names) != len(pairs) or sorted(names) != list(range(len(names))):
-        raise ValueError(f"`label` and `label_text` in {os.fspath(data_dir)!r} are not a consistent 0..n-1 mapping.")
-    return ds.cast_column("label", datasets.ClassLabel(names=list(names.values())))
+        module, attribute = _MOVED[name]
+        warnings.warn(
+            f"`mbls_nlp.data.{name}` moved to `{module}.{attribute}`; the old path will be removed.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
-    "KERAS_FILTERS",
-    "NEWSGROUPS_CLEANUP_MODES",
-    "clean_newsgroups",
-    "clean_newsgroups_text",
+    "as_class_label",
     "image_column_of",
     "load_classification_splits",
     "load_local_dataset",
-    "load_newsgroups",
     "random_crop_and_flip",
     "train_validation_split",
-    "train_word_tokenizer",
 ]

@@ -50,11 +50,9 @@ __all__ = [
 _REDUCTIONS = ("mean", "sum", "none")
 #: Values of `MarginLoss(schedule=...)` (and of `CalibrationConfig.alpha_schedule`).
 ALPHA_SCHEDULES: tuple[str, ...] = ("", "add", "multiply", "step")
-# Rows are processed in blocks of about this many elements (8 MiB of float32, within a 32 MiB L3) so that the several
-# elementwise passes of the fused MbLS kernel hit the cache instead of main memory (issue 5: each eager op is one
-# pass over memory). Not smaller: every op is a parallel region, and on a shared, oversubscribed CPU each one can
-# stall on a descheduled worker thread; at 65536x1000 on 2 loaded cores 2 MiB blocks measured 2.0-2.5x
-# cross-entropy and 8 MiB blocks 1.5x (benchmarks/RESULTS.md).
+# Row blocks of about this many elements (8 MiB of float32, within L3): the fused MbLS kernel's elementwise passes hit
+# the cache, and larger blocks mean fewer parallel regions to stall on a loaded CPU. Measured block sizes:
+# benchmarks/RESULTS.md, "Target: MbLS <= 1.5x cross-entropy".
 _BLOCK_ELEMENTS = 1 << 21
 
 

@@ -200,14 +200,6 @@ def save_reliability_diagram(
     png_path = Path(path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png_path, format="png", dpi=dpi)
-    table = {key: [_plain(v) for v in values] for key, values in bins.items()}
     with open(png_path.with_suffix(".json"), "w", encoding="utf-8") as f:
-        json.dump(table, f, indent=2)
-    return table
-
-
-def _plain(value: Any) -> Any:
-    # numpy/torch scalars are not JSON-serialisable; None marks an empty bin and must stay None.
-    if value is None or isinstance(value, (int, float)):
-        return value
-    return value.item() if hasattr(value, "item") else value
+        json.dump(bins, f, indent=2)  # plain Python numbers already, None for an empty bin
+    return bins

@@ -134,7 +134,7 @@ def write_tables(output_dir: str | os.PathLike, rows: dict[str, dict]) -> tuple[
         line = [loss_type]
         for prefix in ("test_", "test_ts_"):
             line += [cell(results, prefix + key, percent) for key, _, percent in COLUMNS]
-        line += [f"{results.get('temperature', results.get('test_temperature', float('nan'))):.2f}"]
+        line += [f"{results.get('temperature', float('nan')):.2f}"]
         line += [f"{results.get('wall_time_s', float('nan')):.0f}"]
         if searched:
             chosen = {k[len("search_") :]: v for k, v in results.items() if k.startswith("search_")}

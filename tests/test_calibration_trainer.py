@@ -363,6 +363,7 @@ def _run(args, tmp_path, name):
     return torch.load(out / "params.pt"), json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
               "--dynamo_backend", "no"]  # fmt: skip

@@ -1,4 +1,4 @@
-"""Tests of mbls_nlp.data: local loading, validation split, 20 Newsgroups cleaning, word tokenizer."""
+"""Tests of mbls_nlp.data: local loading, validation split, classification splits, image helpers."""
 
 import collections
 import gzip
@@ -9,18 +9,13 @@ import datasets
 import numpy as np
 import pandas as pd
 import pytest
-from transformers import AutoTokenizer
 
 from mbls_nlp.data import (
-    clean_newsgroups,
-    clean_newsgroups_text,
     image_column_of,
     load_classification_splits,
     load_local_dataset,
-    load_newsgroups,
     random_crop_and_flip,
     train_validation_split,
-    train_word_tokenizer,
 )
 
 NEWSGROUPS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "20newsgroups"
@@ -30,13 +25,6 @@ needs_newsgroups = pytest.mark.skipif(
 )
 
 ROWS = [{"text": f"message number {i}, with a comma", "label": i % 3} for i in range(7)]
-
-
-@pytest.fixture(scope="module")
-def newsgroups(tmp_path_factory):
-    if not (NEWSGROUPS_DIR / "train.jsonl.gz").is_file():
-        pytest.skip(f"real 20 Newsgroups data not found at {NEWSGROUPS_DIR} (shared data checkout absent)")
-    return load_newsgroups(NEWSGROUPS_DIR, cache_dir=tmp_path_factory.mktemp("hf_cache"))
 
 
 def _write(path: Path, rows):
@@ -140,130 +128,6 @@ def test_split_rejects_bad_columns():
         train_validation_split(text, 10, stratify_by_column="label")
     with pytest.raises(TypeError, match="dataset"):
         train_validation_split(datasets.DatasetDict(train=_toy()), 10)
-
-
-# --- 20 Newsgroups cleaning -----------------------------------------------------------------------------------
-
-RAW = "From: a@b.c\nSubject: hi\n\nIn article <1@x> bob writes:\n> quoted\n| also quoted\nMy answer.\nHe said: yes\n\n-- \nAlice\n\n"
-
-
-def test_cleaning_modes_on_a_hand_made_message():
-    assert clean_newsgroups_text(RAW, "none") == RAW
-    # The reference loader keeps the text from the first "\n\n" on, the blank line included.
-    assert clean_newsgroups_text(RAW, "headers") == RAW[RAW.index("\n\n") :]
-    # sklearn: after the header; the footer starts at the last blank/hyphen line ("-- ") once trailing blank lines
-    # are stripped, so the blank line before it stays (hence the final "\n"); then the 3 quote lines
-    # ("In article", ">", "|") and the "said:" line go.
-    assert clean_newsgroups_text(RAW, "all") == "My answer.\n"
-    with pytest.raises(ValueError, match="mode.*'none', 'headers', 'all'"):
-        clean_newsgroups_text(RAW, "footers")
-
-
-def test_cleaning_edge_cases_follow_each_reference():
-    no_blank = "Subject: only headers\nLines: 1"
-    assert clean_newsgroups_text(no_blank, "headers") == no_blank  # reference: `if 0 < i` fails -> unchanged
-    assert clean_newsgroups_text(no_blank, "all") == ""  # sklearn: str.partition gives an empty tail
-    starts_blank = "\n\nbody"
-    assert clean_newsgroups_text(starts_blank, "headers") == starts_blank  # i == 0 -> unchanged
-    assert clean_newsgroups_text("H: x\n\n--\nonly a signature", "all") == "--\nonly a signature"  # footer at line 0
-
-
-@needs_newsgroups
-def test_cleaning_equals_scikit_learn_on_every_real_train_message(newsgroups):
-    twenty = pytest.importorskip("sklearn.datasets._twenty_newsgroups")
-    texts = list(newsgroups["train"]["text"])
-    assert len(texts) == 11314
-    mismatches = [
-        i
-        for i, text in enumerate(texts)
-        if clean_newsgroups_text(text, "all")
-        != twenty.strip_newsgroup_quoting(twenty.strip_newsgroup_footer(twenty.strip_newsgroup_header(text)))
-    ]
-    assert mismatches == []
-
-
-@needs_newsgroups
-def test_clean_newsgroups_maps_a_dataset_column(newsgroups):
-    small = datasets.DatasetDict(
-        train=newsgroups["train"].select(range(50)), test=newsgroups["test"].select(range(20))
-    )
-    for mode in ("headers", "all"):
-        cleaned = clean_newsgroups(small, mode)
-        for split in small:
-            assert list(cleaned[split]["text"]) == [clean_newsgroups_text(t, mode) for t in small[split]["text"]]
-            assert list(cleaned[split]["label"]) == list(small[split]["label"])
-    headers = clean_newsgroups(small["train"], "headers")
-    assert not any(t.lstrip().startswith("From:") for t in headers["text"])
-    assert clean_newsgroups(small, "none") is small
-    with pytest.raises(ValueError, match="text_column"):
-        clean_newsgroups(small, "all", text_column="body")
-    with pytest.raises(ValueError, match="mode"):
-        clean_newsgroups(small, "quotes")
-
-
-@needs_newsgroups
-def test_load_newsgroups_names_the_labels(newsgroups):
-    assert (newsgroups["train"].num_rows, newsgroups["test"].num_rows) == (11314, 7532)
-    names = newsgroups["train"].features["label"].names
-    assert len(names) == 20 and names == sorted(names)
-    assert names[0] == "alt.atheism" and names[-1] == "talk.religion.misc"
-    row = newsgroups["test"][100]
-    assert names[row["label"]] == row["label_text"]
-
-
-# --- word tokenizer -------------------------------------------------------------------------------------------
-
-
-def test_word_tokenizer_splits_like_keras_filters():
-    tok = train_word_tokenizer(["a a a b b c", "Don't stop-me now!"], vocab_size=50, max_length=16)
-    # Lowercased; "-" and "!" are Keras filters, "'" is not.
-    assert tok.tokenize("Don't STOP-me, (now)") == ["don't", "stop", "me", "now"]
-    vocab = tok.get_vocab()
-    assert vocab["[PAD]"] == 0 and vocab["[UNK]"] == 1 and tok.pad_token_id == 0
-    # Most frequent first: "a" (3 times) then "b" (2 times).
-    assert (vocab["a"], vocab["b"]) == (2, 3)
-    assert tok("zebra a")["input_ids"] == [1, 2]
-
-
-def test_word_tokenizer_vocab_size_padding_and_left_truncation():
-    texts = [" ".join(f"w{i}" for i in range(j)) for j in range(1, 30)]  # w0 appears 29 times, w28 once
-    tok = train_word_tokenizer(texts, vocab_size=12, max_length=5)
-    assert len(tok) == 12  # 2 special tokens + the 10 most frequent words w0..w9
-    assert set(tok.get_vocab()) == {"[PAD]", "[UNK]"} | {f"w{i}" for i in range(10)}
-    enc = tok(["w0 w1 w2 w3 w4 w5 w6", "w3"], truncation=True, padding="max_length")
-    # Truncation keeps the last 5 words, like Keras' truncating="pre"; padding goes right with a 0 mask.
-    assert tok.convert_ids_to_tokens(enc["input_ids"][0]) == ["w2", "w3", "w4", "w5", "w6"]
-    assert enc["input_ids"][1] == [tok.convert_tokens_to_ids("w3"), 0, 0, 0, 0]
-    assert enc["attention_mask"][1] == [1, 0, 0, 0, 0]
-    assert set(enc) == {"input_ids", "attention_mask"}
-    right = train_word_tokenizer(texts, vocab_size=12, max_length=5, truncation_side="right")
-    assert right.convert_ids_to_tokens(right("w0 w1 w2 w3 w4 w5 w6", truncation=True)["input_ids"])[0] == "w0"
-
-
-def test_word_tokenizer_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="vocab_size"):
-        train_word_tokenizer(["a"], vocab_size=2)
-    with pytest.raises(ValueError, match="max_length"):
-        train_word_tokenizer(["a"], max_length=0)
-    with pytest.raises(ValueError, match="truncation_side"):
-        train_word_tokenizer(["a"], truncation_side="middle")
-    with pytest.raises(TypeError, match="texts"):
-        train_word_tokenizer("a single string")
-
-
-@needs_newsgroups
-def test_word_tokenizer_on_real_messages_is_deterministic_and_round_trips(newsgroups, tmp_path):
-    texts = list(clean_newsgroups(newsgroups["train"].select(range(300)), "headers")["text"])
-    tok = train_word_tokenizer(texts, vocab_size=2000, max_length=64)
-    again = train_word_tokenizer(texts, vocab_size=2000, max_length=64)
-    assert tok.get_vocab() == again.get_vocab() and len(tok) == 2000
-    tok.save_pretrained(tmp_path)
-    reloaded = AutoTokenizer.from_pretrained(tmp_path)
-    sample = texts[:8]
-    kwargs = dict(truncation=True, padding="max_length")
-    assert reloaded(sample, **kwargs) == tok(sample, **kwargs)
-    assert reloaded.model_max_length == 64 and reloaded.truncation_side == "left"
-    assert all(len(ids) == 64 for ids in tok(sample, **kwargs)["input_ids"])
 
 
 # --- classification splits and image helpers ---------------------------------------------------------------------

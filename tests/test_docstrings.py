@@ -9,8 +9,10 @@ MODULES = [
     "mbls_nlp.losses",
     "mbls_nlp.loss_adapter",
     "mbls_nlp.data",
+    "mbls_nlp.newsgroups",
     "mbls_nlp.models.text_cnn.configuration_text_cnn",
     "mbls_nlp.models.text_cnn.modeling_text_cnn",
+    "mbls_nlp.models.text_cnn.tokenization_text_cnn",
 ]
 
 

@@ -1,7 +1,6 @@
 """The validation-only hyper-parameter search: grid parsing, the selection rule, the trainer search and the recipe flag."""
 
 import csv
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -195,12 +194,10 @@ def test_search_needs_model_init_and_validation(tmp_path):
 # ---- the recipe flag, on real 20 Newsgroups rows ----
 
 
+@pytest.mark.slow  # five text CNN trainings through the recipe: minutes on a shared CPU
 @pytest.mark.skipif(not NEWSGROUPS.is_dir(), reason=f"shared data not found at {NEWSGROUPS}")
-def test_recipe_search_selects_by_the_rule_and_tests_once(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("text_classification", ROOT / "recipes" / "text_classification.py")
-    recipe = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, recipe)  # dataclasses resolve string annotations through it
-    spec.loader.exec_module(recipe)
+def test_recipe_search_selects_by_the_rule_and_tests_once(tmp_path, monkeypatch, load_script):
+    recipe = load_script("recipes/text_classification.py")
 
     predictions = []  # metric_key_prefix of every predict call: test data must be predicted exactly once
     predict = CalibrationTrainer.predict
@@ -249,7 +246,7 @@ def test_recipe_search_selects_by_the_rule_and_tests_once(tmp_path, monkeypatch)
     assert (saved["search_margin"], saved["search_alpha"]) == (rows[expected]["margin"], rows[expected]["alpha"])
     assert saved["search_candidates"] == 4
     assert results["validation_ece"] == pytest.approx(rows[expected]["eval_ece"], abs=1e-6)
-    for key in ("test_accuracy", "test_ece", "test_ts_ece", "test_temperature"):
+    for key in ("test_accuracy", "test_ece", "test_ts_ece", "temperature"):
         assert key in saved
 
 
@@ -259,11 +256,8 @@ def test_search_without_optuna_says_how_to_install_it(tmp_path, monkeypatch):
         search_calibration_hparams(search_trainer(tmp_path, "ls"))
 
 
-def test_compare_losses_table_lists_the_chosen_values_and_the_search_cost(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("compare_losses", ROOT / "recipes" / "compare_losses.py")
-    compare_losses = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, compare_losses)
-    spec.loader.exec_module(compare_losses)
+def test_compare_losses_table_lists_the_chosen_values_and_the_search_cost(tmp_path, load_script):
+    compare_losses = load_script("recipes/compare_losses.py")
     metrics = {f"test_{p}{m}": 0.5 for p in ("", "ts_") for m in ("accuracy", "ece", "aece", "cece", "nll", "brier")}
     rows = {
         "ce": {**metrics, "search_candidates": 0, "search_time_s": 0},

@@ -1,9 +1,7 @@
 """README.md never rots: its Python examples run, its recipe commands parse, its test command is the one CI runs."""
 
-import importlib.util
 import re
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
@@ -69,20 +67,14 @@ def test_readme_launch_configs_exist():
 
 
 @pytest.mark.parametrize("words", recipe_commands(), ids=lambda words: " ".join(words)[:60])
-def test_readme_recipe_commands_parse(words, monkeypatch):
+def test_readme_recipe_commands_parse(words, load_script):
     script = ROOT / words[0]
     assert script.is_file(), script
-    spec = importlib.util.spec_from_file_location(script.stem, script)
-    recipe = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, recipe)  # dataclasses resolve string annotations through it
-    spec.loader.exec_module(recipe)
+    recipe = load_script(words[0])
     arguments = words[1:]
     if script.name == "compare_losses.py":  # its own flags, then the recipe's after `--`
         args, arguments = recipe.parse_args(arguments)
-        spec = importlib.util.spec_from_file_location(args.recipe, ROOT / "recipes" / f"{args.recipe}.py")
-        recipe = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, spec.name, recipe)
-        spec.loader.exec_module(recipe)
+        recipe = load_script(f"recipes/{args.recipe}.py")
         arguments = [*arguments, "--output_dir=unused"]
     recipe.parse_args(arguments)  # every flag exists, every value has the right type and passes validation
 

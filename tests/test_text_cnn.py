@@ -9,6 +9,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForSequenceClassification,
+    AutoTokenizer,
     BertConfig,
     BertModel,
     Trainer,
@@ -20,7 +21,9 @@ from mbls_nlp.models import (
     TextCNNForSequenceClassification,
     TextCNNModel,
     load_pretrained_embeddings,
+    train_word_tokenizer,
 )
+from mbls_nlp.newsgroups import clean_newsgroups
 
 
 def tiny_config(**kwargs):
@@ -232,6 +235,19 @@ def test_frozen_embeddings_get_no_gradient_and_survive_save_load(tmp_path):
     assert not reloaded.get_input_embeddings().weight.requires_grad
 
 
+@pytest.mark.parametrize("model_class", [TextCNNModel, TextCNNForSequenceClassification])
+def test_the_freeze_follows_the_config_at_construction_and_after_loading(model_class, tmp_path):
+    for freeze in (True, False):
+        model = model_class(tiny_config(freeze_embeddings=freeze))
+        assert model.get_input_embeddings().weight.requires_grad is not freeze
+        model.save_pretrained(tmp_path / str(freeze))
+        reloaded = model_class.from_pretrained(tmp_path / str(freeze))
+        assert reloaded.get_input_embeddings().weight.requires_grad is not freeze
+    # load_pretrained_embeddings records its choice in the config and applies it, both ways.
+    model = load_pretrained_embeddings(model_class(tiny_config()), torch.ones(30, 4), freeze=False)
+    assert model.get_input_embeddings().weight.requires_grad and model.config.freeze_embeddings is False
+
+
 def test_trainable_embeddings_leave_the_pad_row_without_gradient():
     model = make_model()
     model.train()
@@ -345,3 +361,57 @@ def test_trains_under_transformers_trainer(tmp_path):
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved").eval()
     ids = torch.stack([r["input_ids"] for r in rows[:4]])
     torch.testing.assert_close(reloaded(ids).logits, model.eval()(ids).logits)
+
+
+# --- word tokenizer (tokenization_text_cnn.py) ------------------------------------------------------------------
+
+
+def test_word_tokenizer_splits_like_keras_filters():
+    tok = train_word_tokenizer(["a a a b b c", "Don't stop-me now!"], vocab_size=50, max_length=16)
+    # Lowercased; "-" and "!" are Keras filters, "'" is not.
+    assert tok.tokenize("Don't STOP-me, (now)") == ["don't", "stop", "me", "now"]
+    vocab = tok.get_vocab()
+    assert vocab["[PAD]"] == 0 and vocab["[UNK]"] == 1 and tok.pad_token_id == 0
+    # Most frequent first: "a" (3 times) then "b" (2 times).
+    assert (vocab["a"], vocab["b"]) == (2, 3)
+    assert tok("zebra a")["input_ids"] == [1, 2]
+
+
+def test_word_tokenizer_vocab_size_padding_and_left_truncation():
+    texts = [" ".join(f"w{i}" for i in range(j)) for j in range(1, 30)]  # w0 appears 29 times, w28 once
+    tok = train_word_tokenizer(texts, vocab_size=12, max_length=5)
+    assert len(tok) == 12  # 2 special tokens + the 10 most frequent words w0..w9
+    assert set(tok.get_vocab()) == {"[PAD]", "[UNK]"} | {f"w{i}" for i in range(10)}
+    enc = tok(["w0 w1 w2 w3 w4 w5 w6", "w3"], truncation=True, padding="max_length")
+    # Truncation keeps the last 5 words, like Keras' truncating="pre"; padding goes right with a 0 mask.
+    assert tok.convert_ids_to_tokens(enc["input_ids"][0]) == ["w2", "w3", "w4", "w5", "w6"]
+    assert enc["input_ids"][1] == [tok.convert_tokens_to_ids("w3"), 0, 0, 0, 0]
+    assert enc["attention_mask"][1] == [1, 0, 0, 0, 0]
+    assert set(enc) == {"input_ids", "attention_mask"}
+    right = train_word_tokenizer(texts, vocab_size=12, max_length=5, truncation_side="right")
+    assert right.convert_ids_to_tokens(right("w0 w1 w2 w3 w4 w5 w6", truncation=True)["input_ids"])[0] == "w0"
+
+
+def test_word_tokenizer_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_word_tokenizer(["a"], vocab_size=2)
+    with pytest.raises(ValueError, match="max_length"):
+        train_word_tokenizer(["a"], max_length=0)
+    with pytest.raises(ValueError, match="truncation_side"):
+        train_word_tokenizer(["a"], truncation_side="middle")
+    with pytest.raises(TypeError, match="texts"):
+        train_word_tokenizer("a single string")
+
+
+def test_word_tokenizer_on_real_messages_is_deterministic_and_round_trips(newsgroups, tmp_path):
+    texts = list(clean_newsgroups(newsgroups["train"].select(range(300)), "headers")["text"])
+    tok = train_word_tokenizer(texts, vocab_size=2000, max_length=64)
+    again = train_word_tokenizer(texts, vocab_size=2000, max_length=64)
+    assert tok.get_vocab() == again.get_vocab() and len(tok) == 2000
+    tok.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    sample = texts[:8]
+    kwargs = dict(truncation=True, padding="max_length")
+    assert reloaded(sample, **kwargs) == tok(sample, **kwargs)
+    assert reloaded.model_max_length == 64 and reloaded.truncation_side == "left"
+    assert all(len(ids) == 64 for ids in tok(sample, **kwargs)["input_ids"])

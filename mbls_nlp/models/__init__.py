@@ -12,6 +12,7 @@ from .text_cnn import (
     TextCNNModel,
     TextCNNPreTrainedModel,
     load_pretrained_embeddings,
+    train_word_tokenizer,
 )
 
 # exist_ok: re-importing (e.g. importlib.reload in a notebook) must not fail on an already registered type.
@@ -25,4 +26,5 @@ __all__ = [
     "TextCNNModel",
     "TextCNNPreTrainedModel",
     "load_pretrained_embeddings",
+    "train_word_tokenizer",
 ]

@@ -7,11 +7,14 @@ from .modeling_text_cnn import (
     TextCNNPreTrainedModel,
     load_pretrained_embeddings,
 )
+from .tokenization_text_cnn import KERAS_FILTERS, train_word_tokenizer
 
 __all__ = [
+    "KERAS_FILTERS",
     "TextCNNConfig",
     "TextCNNForSequenceClassification",
     "TextCNNModel",
     "TextCNNPreTrainedModel",
     "load_pretrained_embeddings",
+    "train_word_tokenizer",
 ]

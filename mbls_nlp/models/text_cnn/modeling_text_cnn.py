@@ -35,13 +35,22 @@ class TextCNNPreTrainedModel(PreTrainedModel):
     # by the gradient-accumulation steps itself (transformers 5.x `Trainer.compute_loss` contract).
     accepts_loss_kwargs = False
 
+    def _apply_embedding_freeze(self) -> None:
+        # The one place that turns `config.freeze_embeddings` into `requires_grad` (the forward pass also detaches
+        # the lookup, like the reference's `torch.no_grad()`); called after construction and after loading.
+        self.get_input_embeddings().weight.requires_grad_(not self.config.freeze_embeddings)
+
+    def post_init(self):
+        # Runs at the end of every model's __init__ (TextCNNModel's, then TextCNNForSequenceClassification's).
+        super().post_init()
+        self._apply_embedding_freeze()
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        # Loading materialises fresh parameters (requires_grad=True), so the freeze recorded in the config is
-        # re-applied here; AutoModel*.from_pretrained dispatches to this method too.
+        # Loading materialises fresh parameters (requires_grad=True) after __init__ ran, so the freeze recorded in
+        # the config is applied again; AutoModel*.from_pretrained dispatches to this method too.
         loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        model.get_input_embeddings().weight.requires_grad_(not model.config.freeze_embeddings)
+        (loaded[0] if isinstance(loaded, tuple) else loaded)._apply_embedding_freeze()
         return loaded
 
     def _init_weights(self, module):
@@ -79,7 +88,6 @@ class TextCNNModel(TextCNNPreTrainedModel):
             for i, k in enumerate(config.kernel_sizes)
         )
         self.post_init()
-        self.embed_tokens.weight.requires_grad_(not config.freeze_embeddings)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
@@ -195,8 +203,6 @@ class TextCNNForSequenceClassification(TextCNNPreTrainedModel):
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
-        # `post_init` runs after TextCNNModel's own; re-apply the freeze in case anything reset requires_grad.
-        self.text_cnn.embed_tokens.weight.requires_grad_(not config.freeze_embeddings)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.text_cnn.embed_tokens
@@ -347,8 +353,8 @@ def load_pretrained_embeddings(
         table.weight.copy_(weight.to(table.weight.dtype))
         if table.padding_idx is not None:
             table.weight[table.padding_idx].zero_()
-    table.weight.requires_grad_(not freeze)
     model.config.freeze_embeddings = bool(freeze)
+    model._apply_embedding_freeze()
     return model
 
 
