@@ -234,29 +234,40 @@ def _scan(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor | None, from_log
     workers = min(len(starts), threads)
     if workers <= 1 or x.device.type != "cpu":
         buffers: dict = {}
-        chunks = [_scan_chunk(x, y, valid, s, s + rows, *args[3:], buffers) for s in starts]
-    else:
-        local = threading.local()  # one set of reusable buffers per worker thread
+        return _combine(_scan_chunk(x, y, valid, s, s + rows, *args[3:], buffers) for s in starts)
+    local = threading.local()  # one set of reusable buffers per worker thread
 
-        def work(s):
-            if not hasattr(local, "buffers"):
-                local.buffers = {}
-            return _in_single_threaded_torch(threads, _scan_chunk, x, y, valid, s, s + rows, *args[3:], local.buffers)
+    def work(s):
+        if not hasattr(local, "buffers"):
+            local.buffers = {}
+        return _in_single_threaded_torch(threads, _scan_chunk, x, y, valid, s, s + rows, *args[3:], local.buffers)
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            chunks = list(pool.map(work, starts))
-    chunks = [c for c in chunks if c is not None]
-    out = {
-        "conf": np.concatenate([c["conf"] for c in chunks]),
-        "correct": np.concatenate([c["correct"] for c in chunks]),
-    }
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return _combine(pool.map(work, starts))
+
+
+def _combine(chunks) -> dict:
+    """Adds up the chunks' statistics as they arrive. The per-bin tables (`C * n_bins` for classwise) are summed in
+    place rather than kept per chunk until the end, so memory does not grow with the number of rows (issue 14)."""
+    out: dict = {}
+    conf, correct, floats = [], [], {}
+    for c in chunks:
+        if c is None:
+            continue
+        conf.append(c["conf"])
+        correct.append(c["correct"])
+        for key in ("count", "conf_sum", "acc_sum", "p_sum", "hits"):
+            if key in c:
+                if key in out:
+                    out[key] += c[key]
+                else:
+                    out[key] = c[key]
+        for key in ("p_true_sum", "nll_sum", "sq_sum"):
+            if key in c:
+                floats.setdefault(key, []).append(float(c[key]))
+    out["conf"], out["correct"] = np.concatenate(conf), np.concatenate(correct)
     out["m"] = out["conf"].size
-    for key in ("count", "conf_sum", "acc_sum", "p_sum", "hits"):
-        if key in chunks[0]:
-            out[key] = np.sum([c[key] for c in chunks], axis=0)
-    for key in ("p_true_sum", "nll_sum", "sq_sum"):
-        if key in chunks[0]:
-            out[key] = math.fsum(float(c[key]) for c in chunks)
+    out.update({key: math.fsum(values) for key, values in floats.items()})
     return out
 
 
