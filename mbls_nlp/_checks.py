@@ -96,9 +96,10 @@ def check_real(
     """Returns `value` as a `float` after checking `value >= minimum` (`> minimum` if `strict`), `value < below` when
     given, and finiteness unless `allow_inf`. Python and numpy ints and floats are accepted, bools and strings not."""
     if below is not None:
-        wanted = f"a real number in {'(' if strict else '['}{minimum:g}, {below:g})"
+        wanted = f"in {'(' if strict else '['}{minimum:g}, {below:g}) (a real number)"
     else:
-        wanted = f"{'a real number' if allow_inf else 'a finite real number'} {'>' if strict else '>='} {minimum:g}"
+        kind = "a real number; inf allowed" if allow_inf else "a finite real number"
+        wanted = f"{'>' if strict else '>='} {minimum:g} ({kind})"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"`{name}` must be {wanted}, got {value!r} ({type(value).__name__}).")
     value = float(value)

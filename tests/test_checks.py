@@ -115,12 +115,12 @@ def test_check_real_accepts(kwargs, ok):
 @pytest.mark.parametrize(
     "kwargs, value, error, match",
     [
-        ({}, -1.0, ValueError, r"`x` must be a finite real number >= 0, got -1.0"),
-        ({}, math.nan, ValueError, r">= 0, got nan"),
-        ({}, math.inf, ValueError, r"finite real number >= 0, got inf"),
-        ({"strict": True}, 0.0, ValueError, r"finite real number > 0, got 0.0"),
-        ({"below": 1.0}, 1.0, ValueError, r"in \[0, 1\), got 1.0"),
-        ({"allow_inf": True}, -math.inf, ValueError, r"a real number >= 0, got -inf"),
+        ({}, -1.0, ValueError, r"`x` must be >= 0 \(a finite real number\), got -1.0"),
+        ({}, math.nan, ValueError, r">= 0 \(a finite real number\), got nan"),
+        ({}, math.inf, ValueError, r">= 0 \(a finite real number\), got inf"),
+        ({"strict": True}, 0.0, ValueError, r"> 0 \(a finite real number\), got 0.0"),
+        ({"below": 1.0}, 1.0, ValueError, r"in \[0, 1\) \(a real number\), got 1.0"),
+        ({"allow_inf": True}, -math.inf, ValueError, r">= 0 \(a real number; inf allowed\), got -inf"),
         ({}, True, TypeError, r"`x` must be .* got True \(bool\)"),
         ({}, "1", TypeError, r"got '1' \(str\)"),
         ({}, None, TypeError, r"got None \(NoneType\)"),
