@@ -5,8 +5,12 @@ Pure torch/numpy: usable from any training or evaluation loop. Every public func
 
 - `scores`: logits (default) or probabilities (`from_logits=False`), a torch tensor (any float dtype, any device) or
   a numpy array, with the classes on dim 1: `(N, C)` or `(N, C, d1, d2, ...)`.
-- `labels`: integer class indices of shape `(N,)` or `(N, d1, d2, ...)`; positions whose label equals
-  `ignore_index` are excluded from every metric.
+- `labels`: integer class indices of shape `(N,)` or `(N, d1, d2, ...)`, a torch tensor on the scores' device or a
+  numpy array (with CPU scores); positions whose label equals `ignore_index` are excluded from every metric.
+- Python lists are not accepted (their dtype is a guess): the same input types as the losses and temperature
+  scaling (`mbls_nlp._checks`).
+- `n_bins`: from 1 to `MAX_N_BINS` (10_000): the per-bin tables grow with it, and more bins than that leave too few
+  samples per bin for any realistic evaluation set.
 
 Exact definitions (`M` = number of valid positions, `p` = probability vectors, `conf = max_k p_k` the top-label
 confidence, `pred = argmax_k p_k` (first index on ties), `1[.]` the indicator):
@@ -61,7 +65,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._checks import MAX_N_BINS, check_bool, check_ignore_index, check_n_bins, non_finite_error, prepare
+
 __all__ = [
+    "MAX_N_BINS",
     "METRIC_NAMES",
     "accuracy",
     "adaptive_calibration_error",
@@ -105,76 +112,17 @@ _CHUNK_ELEMENTS = 1 << 18
 # ----------------------------------------------------------------------------------------------------------------
 # input handling
 # ----------------------------------------------------------------------------------------------------------------
-def _as_tensor(value: Any, name: str) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind in "fc" and value.dtype not in (np.float16, np.float32, np.float64):
-            # e.g. np.longdouble, which torch cannot hold: float64 keeps the maths in float64
-            value = value.astype(np.float64)
-        return torch.as_tensor(value)
-    raise TypeError(f"`{name}` must be a torch.Tensor or a numpy.ndarray, got {type(value).__name__}.")
-
-
 def _check_options(n_bins: Any, from_logits: Any, ignore_index: Any) -> int:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)):
-        raise TypeError(f"`n_bins` must be an integer >= 1, got {n_bins!r} ({type(n_bins).__name__}).")
-    if n_bins < 1:
-        raise ValueError(f"`n_bins` must be an integer >= 1, got {n_bins}.")
-    if not isinstance(from_logits, (bool, np.bool_)):
-        raise TypeError(f"`from_logits` must be True (logits) or False (probabilities), got {from_logits!r}.")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
-        raise TypeError(f"`ignore_index` must be an integer, got {ignore_index!r}.")
-    return int(n_bins)
+    """Checks the keyword arguments shared by every metric; returns `n_bins` as an int."""
+    check_bool("from_logits", from_logits, " (True: logits, False: probabilities)")
+    check_ignore_index(ignore_index)
+    return check_n_bins(n_bins)
 
 
 def _prepare(scores: Any, labels: Any, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Returns `(x, y, valid)`: scores as `(rows, C)`, labels as `(rows,)` on the scores' device, and the mask of
-    valid rows (`None` when every row is valid)."""
-    x = _as_tensor(scores, "scores")
-    y = _as_tensor(labels, "labels")
-    if not (x.is_floating_point()):
-        raise TypeError(f"`scores` must be a floating-point array of logits or probabilities, got dtype {x.dtype}.")
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"`labels` must be an integer array of class indices, got dtype {y.dtype}.")
-    if x.dim() < 2:
-        raise ValueError(
-            f"`scores` must have the classes on dim 1: shape (N, C) or (N, C, d1, ...), got shape {tuple(x.shape)}."
-        )
-    expected = (x.shape[0],) + tuple(x.shape[2:])
-    if tuple(y.shape) != expected:
-        raise ValueError(
-            f"`labels` must have shape {expected} for `scores` of shape {tuple(x.shape)} (classes on dim 1), "
-            f"got {tuple(y.shape)}."
-        )
-    num_classes = x.shape[1]
-    if x.numel() == 0 or num_classes == 0:
-        raise ValueError(f"`scores` is empty (shape {tuple(x.shape)}): at least one position and one class needed.")
-    if x.dim() > 2:
-        # (N, C, d1, ...) -> (N * d1 * ..., C): one copy, needed so that a row is one position's class vector
-        x = x.movedim(1, -1).reshape(-1, num_classes)
-        y = y.reshape(-1)
-    if x.device.type == "cpu" and y.device.type == "cpu":
-        # numpy for the label checks: single-threaded and free of per-op OpenMP barrier stalls on a busy CPU
-        y_np = y.numpy().astype(np.int64, copy=False)
-        valid_np = y_np != ignore_index
-        num_valid = int(np.count_nonzero(valid_np))
-        y_valid = y_np[valid_np] if 0 < num_valid < y_np.size else y_np
-        y, valid = torch.from_numpy(y_np), torch.from_numpy(valid_np)
-    else:
-        y = y.to(device=x.device, dtype=torch.long)
-        valid = y != ignore_index
-        num_valid = int(valid.sum())
-        y_valid = y[valid] if 0 < num_valid < y.numel() else y
-    if num_valid == 0:
-        raise ValueError(f"`labels` has no position to evaluate: all {y.numel()} equal ignore_index={ignore_index}.")
-    low, high = int(y_valid.min()), int(y_valid.max())
-    if low < 0 or high >= num_classes:
-        raise ValueError(
-            f"`labels` must lie in [0, {num_classes}) (C={num_classes} from the scores' dim 1) or equal "
-            f"ignore_index={ignore_index}; found values from {low} to {high}."
-        )
-    return x, y, (valid if num_valid < y.numel() else None)
+    valid rows (`None` when every row is valid); see `mbls_nlp._checks.prepare`."""
+    return prepare(scores, labels, ignore_index, scores_name="scores")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -210,9 +158,8 @@ def _scan_chunk(x, y, valid, start, stop, from_logits, n_bins, need, need_py, bu
     xc = xc.contiguous()
     on_cpu = xc.device.type == "cpu"
     low, high = torch.aminmax(xc)  # NaN propagates into both; one pass over a chunk that then stays in cache
-    kind = "logits" if from_logits else "probabilities, from_logits=False"
     if not (torch.isfinite(low) & torch.isfinite(high)):
-        raise ValueError(f"`scores` ({kind}) must be finite: found NaN or +-inf.")
+        raise non_finite_error("scores", "logits" if from_logits else "probabilities, from_logits=False")
     if from_logits:
         p = torch.softmax(xc, dim=1, out=_buffer(buffers, "p", xc))
     else:
@@ -327,32 +274,44 @@ def _scan(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor | None, from_log
     workers = min(len(starts), threads)
     if workers <= 1 or x.device.type != "cpu":
         buffers: dict = {}
-        chunks = [_scan_chunk(x, y, valid, s, s + rows, *args[3:], buffers) for s in starts]
-    else:
-        local = threading.local()  # one set of reusable buffers per worker thread
+        return _combine(_scan_chunk(x, y, valid, s, s + rows, *args[3:], buffers) for s in starts)
+    local = threading.local()  # one set of reusable buffers per worker thread
 
-        def work(s):
-            if not hasattr(local, "buffers"):
-                local.buffers = {}
-            return _in_single_threaded_torch(threads, _scan_chunk, x, y, valid, s, s + rows, *args[3:], local.buffers)
+    def work(s):
+        if not hasattr(local, "buffers"):
+            local.buffers = {}
+        return _in_single_threaded_torch(threads, _scan_chunk, x, y, valid, s, s + rows, *args[3:], local.buffers)
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            chunks = list(pool.map(work, starts))
-    chunks = [c for c in chunks if c is not None]
-    out = {
-        "conf": np.concatenate([c["conf"] for c in chunks]),
-        "correct": np.concatenate([c["correct"] for c in chunks]),
-    }
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return _combine(pool.map(work, starts))
+
+
+def _combine(chunks) -> dict:
+    """Adds up the chunks' statistics as they arrive. The per-bin tables (`C * n_bins` for classwise) are summed in
+    place rather than kept per chunk until the end, so memory does not grow with the number of rows (issue 14)."""
+    out: dict = {}
+    conf, correct, floats, rows = [], [], {}, {}
+    for c in chunks:
+        if c is None:
+            continue
+        conf.append(c["conf"])
+        correct.append(c["correct"])
+        for key in ("rows_p", "rows_y", "rows_nll", "rows_brier"):  # per-example values, for the bootstrap
+            if key in c:
+                rows.setdefault(key, []).append(c[key])
+        for key in ("count", "conf_sum", "acc_sum", "p_sum", "hits"):
+            if key in c:
+                if key in out:
+                    out[key] += c[key]
+                else:
+                    out[key] = c[key]
+        for key in ("p_true_sum", "nll_sum", "sq_sum"):
+            if key in c:
+                floats.setdefault(key, []).append(float(c[key]))
+    out["conf"], out["correct"] = np.concatenate(conf), np.concatenate(correct)
     out["m"] = out["conf"].size
-    for key in ("rows_p", "rows_y", "rows_nll", "rows_brier"):
-        if key in chunks[0]:
-            out[key] = np.concatenate([c[key] for c in chunks])
-    for key in ("count", "conf_sum", "acc_sum", "p_sum", "hits"):
-        if key in chunks[0]:
-            out[key] = np.sum([c[key] for c in chunks], axis=0)
-    for key in ("p_true_sum", "nll_sum", "sq_sum"):
-        if key in chunks[0]:
-            out[key] = math.fsum(float(c[key]) for c in chunks)
+    out.update({key: math.fsum(values) for key, values in floats.items()})
+    out.update({key: np.concatenate(values) for key, values in rows.items()})
     return out
 
 
@@ -698,9 +657,10 @@ _ARGS_DOC = """
             dim 1); any float dtype and device. Must be finite; probabilities must lie in [0, 1] with rows summing
             to 1 (tolerance 1e-3).
         labels (`torch.Tensor` or `np.ndarray`):
-            Integer class indices of shape `(N,)` or `(N, d1, ...)`, in `[0, C)` or equal to `ignore_index`.
+            Integer class indices of shape `(N,)` or `(N, d1, ...)`, in `[0, C)` or equal to `ignore_index`, on the
+            device of `scores`.
         n_bins (`int`, *optional*, defaults to 15):
-            Number of bins (>= 1).
+            Number of bins, from 1 to `MAX_N_BINS` (10_000).
         from_logits (`bool`, *optional*, defaults to `True`):
             Whether `scores` are logits (a softmax is applied) or probabilities.
         ignore_index (`int`, *optional*, defaults to -100):

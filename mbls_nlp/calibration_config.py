@@ -7,6 +7,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from ._checks import MAX_N_BINS, check_n_bins
 from .losses import ALPHA_SCHEDULES, LOSS_NAMES, LOSS_REGISTRY, build_loss
 from .temperature import FIT_METHODS as TEMPERATURE_METHODS
 
@@ -58,7 +59,7 @@ class CalibrationConfig(TrainingArguments):
         calibration_metrics (`bool`, *optional*, defaults to `True`):
             Report accuracy, ECE, AECE, CECE, MCE, NLL and Brier score in every evaluation and prediction.
         calibration_n_bins (`int`, *optional*, defaults to `15`):
-            Number of bins of the binned calibration errors.
+            Number of bins of the binned calibration errors, from 1 to `mbls_nlp.calibration.MAX_N_BINS` (10_000).
         temperature_method (`str`, *optional*, defaults to `"nll"`):
             How `CalibrationTrainer.fit_temperature` chooses the temperature: `"nll"` (minimise NLL) or
             `"ece_grid"` (the paper's grid 0.1 ... 10.0 by lowest ECE).
@@ -127,7 +128,9 @@ class CalibrationConfig(TrainingArguments):
     calibration_metrics: bool = field(
         default=True, metadata={"help": "Report accuracy, ECE, AECE, CECE, MCE, NLL and Brier in every evaluation."}
     )
-    calibration_n_bins: int = field(default=15, metadata={"help": "Number of bins of the binned calibration errors."})
+    calibration_n_bins: int = field(
+        default=15, metadata={"help": f"Number of bins of the binned calibration errors (1 to {MAX_N_BINS})."}
+    )
     temperature_method: str = field(
         default="nll",
         metadata={
@@ -149,10 +152,7 @@ class CalibrationConfig(TrainingArguments):
             raise ValueError(
                 f"`temperature_method` must be one of {TEMPERATURE_METHODS}, got {self.temperature_method!r}."
             )
-        if isinstance(self.calibration_n_bins, bool) or not isinstance(self.calibration_n_bins, int):
-            raise TypeError(f"`calibration_n_bins` must be an int >= 1, got {self.calibration_n_bins!r}.")
-        if self.calibration_n_bins < 1:
-            raise ValueError(f"`calibration_n_bins` must be >= 1, got {self.calibration_n_bins}.")
+        check_n_bins(self.calibration_n_bins, "calibration_n_bins")
         if getattr(self, "label_smoothing_factor", 0.0):
             # Trainer would build its own label smoother beside our loss; there is one place for the loss.
             raise ValueError(

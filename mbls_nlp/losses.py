@@ -7,6 +7,10 @@ term (for any `ignore_index`, negative included), and `reduction` in `"mean" | "
 Unlike `torch.nn.CrossEntropyLoss`, a batch where every label is ignored gives a zero loss (never NaN) that still
 backpropagates (zero gradients).
 
+Half precision: float16/bfloat16 logits (`--fp16`/`--bf16`, `torch.autocast`) are upcast to float32 inside the loss,
+so every loss is finite, with finite gradients, for any finite float16 input, and for bfloat16 (whose range is
+float32's) whenever the spread `max - min` of a row's logits is below float32's maximum (~3.4e38).
+
 Every forward also stores its parts in `last_parts` (detached, same reduction as the returned loss) so a trainer can
 log them without computing anything twice; `loss == sum(part_weights[k] * last_parts[k])`.
 
@@ -20,7 +24,6 @@ Smoothing for Network Calibration" (Liu et al., CVPR 2022).
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -29,6 +32,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ._checks import (
+    as_tensor,
+    check_choice,
+    check_ignore_index,
+    check_int,
+    check_real,
+    check_scores_and_labels,
+    flatten_classes,
+    label_range_error,
+    non_finite_error,
+)
 
 __all__ = [
     "ALPHA_SCHEDULES",
@@ -56,52 +71,29 @@ ALPHA_SCHEDULES: tuple[str, ...] = ("", "add", "multiply", "step")
 _BLOCK_ELEMENTS = 1 << 21
 
 
-def _check_non_negative(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a real number >= 0, got {type(value).__name__}.")
-    value = float(value)
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"`{name}` must be >= 0, got {value}.")
-    return value
-
-
-def _check_finite_non_negative(name: str, value: float) -> float:
-    value = _check_non_negative(name, value)
-    if math.isinf(value):
-        raise ValueError(f"`{name}` must be a finite number >= 0, got {value}.")
-    return value
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def _flatten_inputs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int):
     """Validates `logits`/`labels` and returns `(z, y, valid, n_valid)` with `z` `(M, C)` and `y`, `valid` `(M,)`.
 
+    Types, shapes and devices are checked by `mbls_nlp._checks`. float16/bfloat16 logits are upcast to float32 here,
+    before any arithmetic (as torch's fused cross-entropy computes internally and transformers' causal-LM loss does):
+    the sums over classes of an fp16 loss overflow (65504) and its probabilities underflow to NaN gradients.
+    Autograd casts the gradient back, so the caller's logits get a gradient of their own dtype.
+
     All value checks are fused into a single host synchronisation (one `.tolist()`); the logits are read once (a sum,
     no temporary) and the labels a few times. `benchmarks/bench_loss.py` measures the cost (row `input checks`).
     """
-    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
-        got = logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise TypeError(f"`logits` must be a floating point tensor, got {got}.")
-    if (
-        not isinstance(labels, torch.Tensor)
-        or labels.is_floating_point()
-        or labels.is_complex()
-        or labels.dtype == torch.bool
-    ):
-        got = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise TypeError(f"`labels` must be an integer tensor (e.g. torch.long), got {got}.")
-    if logits.dim() < 2:
-        raise ValueError(f"`logits` must have shape (N, C) or (N, C, d1, ...), got {tuple(logits.shape)}.")
-    expected = (logits.shape[0], *logits.shape[2:])
-    if tuple(labels.shape) != expected:
-        raise ValueError(
-            f"`labels` shape {tuple(labels.shape)} does not match `logits` shape {tuple(logits.shape)}: "
-            f"expected {expected} (logits without the class dim 1)."
-        )
+    logits = as_tensor(logits, "logits")
+    labels = as_tensor(labels, "labels")
+    check_scores_and_labels(logits, labels, "logits")
     num_classes = logits.shape[1]
     if num_classes < 1:
         raise ValueError(f"`logits` must have at least one class on dim 1, got shape {tuple(logits.shape)}.")
-    # Classes last, one row per position: (N, C, d1, ...) -> (N * d1 * ..., C); a copy only for dense inputs.
-    z = logits if logits.dim() == 2 else logits.movedim(1, -1).reshape(-1, num_classes)
+    z = flatten_classes(logits)
+    if z.dtype in _HALF:
+        z = z.float()
     y = labels.reshape(-1).long()
     valid = y != ignore_index
     out_of_range = valid & ((y < 0) | (y >= num_classes))
@@ -110,12 +102,9 @@ def _flatten_inputs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: in
     # batch) pays for the exact check.
     non_finite, bad_labels, n_valid = torch.stack([~torch.isfinite(z.sum()), out_of_range.any(), valid.sum()]).tolist()
     if non_finite and not bool(torch.isfinite(z).all()):
-        raise ValueError("`logits` must be finite: found NaN or inf.")
+        raise non_finite_error("logits")
     if bad_labels:
-        raise ValueError(
-            f"`labels` must be in [0, {num_classes}) or equal to ignore_index={ignore_index}; "
-            f"found {sorted(set(y[out_of_range].tolist()))[:10]}."
-        )
+        raise label_range_error(num_classes, ignore_index, str(sorted(set(y[out_of_range].tolist()))[:10]))
     return z, y, valid, int(n_valid)
 
 
@@ -142,12 +131,8 @@ class CalibrationLoss(nn.Module):
 
     def __init__(self, *, ignore_index: int = -100, reduction: str = "mean"):
         super().__init__()
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-            raise TypeError(f"`ignore_index` must be an int, got {type(ignore_index).__name__}.")
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
-        self.ignore_index = ignore_index
-        self.reduction = reduction
+        self.ignore_index = check_ignore_index(ignore_index)
+        self.reduction = check_choice("reduction", reduction, _REDUCTIONS)
         self.last_parts: dict[str, torch.Tensor] = {}
 
     @property
@@ -170,16 +155,21 @@ class CalibrationLoss(nn.Module):
         """Computes the loss.
 
         Args:
-            logits (`torch.Tensor` of shape `(N, C)` or `(N, C, d1, ...)`): unnormalised scores, classes on dim 1.
-            labels (`torch.Tensor` of shape `(N,)` or `(N, d1, ...)`): integer labels in `[0, C)` or `ignore_index`.
+            logits (`torch.Tensor` of shape `(N, C)` or `(N, C, d1, ...)`):
+                Unnormalised scores, classes on dim 1, any float dtype; float16/bfloat16 are computed in float32.
+                A numpy array is accepted too (no gradient flows to it); a Python list is not (one input policy for
+                the losses, metrics and temperature scaling, `mbls_nlp._checks`).
+            labels (`torch.Tensor` of shape `(N,)` or `(N, d1, ...)`):
+                Integer labels in `[0, C)` or `ignore_index`, on the device of `logits`.
 
         Returns:
-            `torch.Tensor`: a scalar for `"mean"`/`"sum"`, a tensor shaped like `labels` for `"none"`.
+            `torch.Tensor`: a scalar for `"mean"`/`"sum"`, a tensor shaped like `labels` for `"none"`; float32 for
+            half-precision logits (the gradient reaching `logits` keeps their dtype), else the dtype of `logits`.
         """
         z, y, valid, n_valid = _flatten_inputs(logits, labels, self.ignore_index)
         if n_valid == 0:
             # Zero that still backpropagates (zero gradients) instead of the 0/0 NaN of torch's mean.
-            zero = logits.sum() * 0.0 if self.reduction != "none" else (logits * 0.0).sum(1)
+            zero = z.sum() * 0.0 if self.reduction != "none" else (z * 0.0).sum(1).reshape(labels.shape)
             self.last_parts = {name: zero.detach().clone() for name in self.part_names}
             return zero
         if n_valid != y.numel():
@@ -235,10 +225,7 @@ class LabelSmoothingLoss(CalibrationLoss):
 
     def __init__(self, epsilon: float = 0.05, *, ignore_index: int = -100, reduction: str = "mean"):
         super().__init__(ignore_index=ignore_index, reduction=reduction)
-        epsilon = _check_non_negative("epsilon", epsilon)
-        if epsilon >= 1:
-            raise ValueError(f"`epsilon` must be in [0, 1), got {epsilon}.")
-        self.epsilon = epsilon
+        self.epsilon = check_real("epsilon", epsilon, below=1.0)
 
     @property
     def part_weights(self):
@@ -272,7 +259,7 @@ class FocalLoss(CalibrationLoss):
 
     def __init__(self, gamma: float = 3.0, *, ignore_index: int = -100, reduction: str = "mean"):
         super().__init__(ignore_index=ignore_index, reduction=reduction)
-        self.gamma = _check_finite_non_negative("gamma", gamma)
+        self.gamma = check_real("gamma", gamma)
 
     def _per_position(self, z, y):
         return {"focal": _focal(z, y, self.gamma)}
@@ -319,7 +306,7 @@ class ConfidencePenaltyLoss(CalibrationLoss):
 
     def __init__(self, beta: float = 0.1, *, ignore_index: int = -100, reduction: str = "mean"):
         super().__init__(ignore_index=ignore_index, reduction=reduction)
-        self.beta = _check_finite_non_negative("beta", beta)
+        self.beta = check_real("beta", beta)
 
     @property
     def part_weights(self):
@@ -362,7 +349,7 @@ class MMCELoss(CalibrationLoss):
 
     def __init__(self, weight: float = 1.0, *, ignore_index: int = -100, reduction: str = "mean"):
         super().__init__(ignore_index=ignore_index, reduction=reduction)
-        self.weight = _check_finite_non_negative("weight", weight)
+        self.weight = check_real("weight", weight)
 
     @property
     def part_weights(self):
@@ -439,9 +426,14 @@ class _MarginCrossEntropy(torch.autograd.Function):
         return ce, pen
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g_ce, g_pen):
         z, y, threshold = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # Grad mode is on in a backward only under `create_graph=True` (double backward, e.g. a gradient
+            # penalty): the same gradient from differentiable ops, so that autograd can differentiate it again.
+            # The fast path below writes in place under no_grad and would return a gradient silently detached
+            # from `z` (issue 14: `once_differentiable` only guards grad outputs that require grad).
+            return _margin_ce_grad_differentiable(z, y, threshold, g_ce, g_pen), None, None
         n, c = z.shape
         rows = max(1, _BLOCK_ELEMENTS // c)
         grad = torch.empty_like(z)
@@ -465,6 +457,17 @@ class _MarginCrossEntropy(torch.autograd.Function):
             # One argmax over all rows rather than a tie count per block: fewer, larger ops (see _BLOCK_ELEMENTS).
             grad.scatter_add_(1, torch.argmax(z, dim=1, keepdim=True), (count * g_pen)[:, None])
         return grad, None, None
+
+
+def _margin_ce_grad_differentiable(z, y, threshold, g_ce, g_pen):
+    # softmax(z) - onehot(y) for the cross-entropy; count * onehot(argmax) - mask for the penalty (piecewise constant
+    # in z, so its second derivative is 0, as autograd through relu gives).
+    grad = torch.softmax(z, dim=1) * g_ce[:, None]
+    grad = grad.scatter_add(1, y[:, None], -g_ce[:, None])
+    mask = (z < threshold[:, None]).to(z.dtype)
+    grad = grad - mask * g_pen[:, None]
+    count = mask.sum(1)
+    return grad.scatter_add(1, torch.argmax(z, dim=1, keepdim=True), (count * g_pen)[:, None])
 
 
 def margin_cross_entropy(z: torch.Tensor, y: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -532,16 +535,12 @@ class MarginLoss(CalibrationLoss):
         reduction: str = "mean",
     ):
         super().__init__(ignore_index=ignore_index, reduction=reduction)
-        self.margin = _check_non_negative("margin", margin)
-        self.alpha = _check_finite_non_negative("alpha", alpha)
-        if schedule not in ALPHA_SCHEDULES:
-            raise ValueError(f"`schedule` must be one of {ALPHA_SCHEDULES}, got {schedule!r}.")
-        self.schedule = schedule
-        self.mu = _check_finite_non_negative("mu", mu)
-        self.max_alpha = _check_finite_non_negative("max_alpha", max_alpha)
-        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
-            raise ValueError(f"`step_size` must be an int >= 1, got {step_size!r}.")
-        self.step_size = step_size
+        self.margin = check_real("margin", margin, allow_inf=True)
+        self.alpha = check_real("alpha", alpha)
+        self.schedule = check_choice("schedule", schedule, ALPHA_SCHEDULES)
+        self.mu = check_real("mu", mu)
+        self.max_alpha = check_real("max_alpha", max_alpha)
+        self.step_size = check_int("step_size", step_size, minimum=1)
 
     @property
     def part_weights(self):
@@ -560,7 +559,7 @@ class MarginLoss(CalibrationLoss):
         return {"alpha": self.alpha}
 
     def set_extra_state(self, state):
-        self.alpha = _check_finite_non_negative("alpha", state["alpha"])
+        self.alpha = check_real("alpha", state["alpha"])
 
     def _per_position(self, z, y):
         ce, pen = margin_cross_entropy(z, y, self.margin)

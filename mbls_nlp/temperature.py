@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import check_choice, check_ignore_index, check_n_bins, check_real, non_finite_error, prepare
 from .calibration import expected_calibration_error
 
 __all__ = ["FIT_METHODS", "NLL_MAX_T", "NLL_MIN_T", "TemperatureScaler"]
@@ -32,63 +33,21 @@ def _paper_grid() -> list[float]:
 
 
 def _check_temperature(temperature: Any, name: str = "temperature") -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating, np.integer)):
-        raise TypeError(f"`{name}` must be a positive finite float, got {type(temperature).__name__}.")
-    value = float(temperature)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive finite float, got {value}.")
-    return value
-
-
-def _as_tensor(x: Any, name: str) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x.detach()
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(x)
-    if isinstance(x, (list, tuple)):
-        return torch.as_tensor(np.asarray(x))
-    raise TypeError(f"`{name}` must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}.")
+    return check_real(name, temperature, strict=True)
 
 
 def _flatten_valid(logits: Any, labels: Any, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validates `(N, C, ...)` logits and `(N, ...)` labels; returns float64 `(M, C)` logits and `(M,)` labels of
-    the positions whose label is not `ignore_index`."""
-    logits = _as_tensor(logits, "logits")
-    labels = _as_tensor(labels, "labels")
-    if not logits.is_floating_point():
-        raise TypeError(f"`logits` must be a floating-point tensor, got dtype {logits.dtype}.")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"`labels` must be an integer tensor, got dtype {labels.dtype}.")
-    if logits.dim() < 2:
-        raise ValueError(f"`logits` must have shape (N, C) or (N, C, d1, ...), got {tuple(logits.shape)}.")
-    expected = (logits.shape[0], *logits.shape[2:])
-    if tuple(labels.shape) != expected:
-        raise ValueError(
-            f"`labels` must have shape {expected} to match `logits` of shape {tuple(logits.shape)} (classes on "
-            f"dim 1), got {tuple(labels.shape)}."
-        )
-    num_classes = logits.shape[1]
+    """Validates `(N, C, ...)` logits and `(N, ...)` labels (`mbls_nlp._checks.prepare`); returns float64 `(M, C)`
+    logits and `(M,)` labels of the positions whose label is not `ignore_index`."""
+    logits, labels, valid = prepare(logits, labels, ignore_index, scores_name="logits")
+    if valid is not None:
+        logits, labels = logits[valid.to(logits.device)], labels[valid]
     if logits.device.type == "mps":  # MPS has no float64; the fit is a one-parameter problem, CPU is fine
-        logits = logits.cpu()
-    # (N, C, d1, ...) -> (N * d1 * ..., C): classes on dim 1 as in torch.nn.CrossEntropyLoss.
-    flat_logits = logits.movedim(1, -1).reshape(-1, num_classes).to(torch.float64)
-    flat_labels = labels.reshape(-1).to(device=flat_logits.device, dtype=torch.int64)
-    keep = flat_labels != ignore_index
-    flat_logits, flat_labels = flat_logits[keep], flat_labels[keep]
-    if flat_labels.numel() == 0 or num_classes == 0:
-        raise ValueError(
-            "`logits`/`labels` are empty: temperature scaling needs at least one position whose label is not "
-            f"`ignore_index` ({ignore_index})."
-        )
-    if not torch.isfinite(flat_logits).all():
-        raise ValueError("`logits` contain NaN or inf; temperature scaling needs finite logits.")
-    bad = (flat_labels < 0) | (flat_labels >= num_classes)
-    if bad.any():
-        raise ValueError(
-            f"`labels` must be in [0, {num_classes}) or equal `ignore_index` ({ignore_index}), "
-            f"got {flat_labels[bad][0].item()}."
-        )
-    return flat_logits, flat_labels
+        logits, labels = logits.cpu(), labels.cpu()
+    logits = logits.to(torch.float64)
+    if not torch.isfinite(logits).all():
+        raise non_finite_error("logits")
+    return logits, labels
 
 
 class TemperatureScaler(nn.Module):
@@ -150,30 +109,30 @@ class TemperatureScaler(nn.Module):
 
         Args:
             logits (`torch.Tensor` or `np.ndarray` of shape `(N, C)` or `(N, C, d1, ...)`):
-                Un-normalised scores, classes on dim 1.
+                Un-normalised scores, classes on dim 1, any float dtype (not a Python list: the same input types as
+                the metrics and losses).
             labels (`torch.Tensor` or `np.ndarray` of shape `(N,)` or `(N, d1, ...)`):
-                Integer class indices in `[0, C)`, or `ignore_index`.
+                Integer class indices in `[0, C)`, or `ignore_index`, on the device of `logits`.
             method (`str`, *optional*, defaults to `"nll"`):
                 `"nll"` minimises the mean negative log-likelihood of `softmax(logits / T)` with L-BFGS on `log T`
                 in float64, starting from `T = 1` (Guo et al., 2017), within `[NLL_MIN_T, NLL_MAX_T]` = `[0.01, 100]`
                 (a bound is taken, with a warning, when the NLL keeps falling beyond it: predictions no better than
-                uniform); if every position is right with a huge margin the gradient vanishes and `T` stays near 1. `"ece_grid"` is the MbLS paper's procedure:
-                evaluate the ECE (`n_bins` equal-width bins) at every `T` of `grid` and keep the lowest; ties go
-                to the first (smallest index) grid point.
+                uniform); if every position is right with a huge margin the gradient vanishes and `T` stays near 1.
+                `"ece_grid"` is the MbLS paper's procedure: evaluate the ECE (`n_bins` equal-width bins) at every `T`
+                of `grid` and keep the lowest; ties go to the first (smallest index) grid point.
             ignore_index (`int`, *optional*, defaults to `-100`):
                 Positions with this label are excluded.
             n_bins (`int`, *optional*, defaults to `15`):
-                Number of ECE bins for `method="ece_grid"`.
+                Number of ECE bins for `method="ece_grid"`, from 1 to `mbls_nlp.calibration.MAX_N_BINS` (10_000).
             grid (`Sequence[float]`, *optional*):
                 Candidate temperatures for `method="ece_grid"`; defaults to the paper's `0.1, 0.2, ..., 10.0`.
 
         Returns:
             `TemperatureScaler`: `self`, with `temperature` set to the fitted value.
         """
-        if method not in FIT_METHODS:
-            raise ValueError(f"`method` must be one of {FIT_METHODS}, got {method!r}.")
-        if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-            raise ValueError(f"`n_bins` must be an integer >= 1, got {n_bins!r}.")
+        check_choice("method", method, FIT_METHODS)
+        n_bins = check_n_bins(n_bins)
+        ignore_index = check_ignore_index(ignore_index)
         if grid is not None and method != "ece_grid":
             raise ValueError(f"`grid` is only used with method='ece_grid', got method={method!r}.")
         flat_logits, flat_labels = _flatten_valid(logits, labels, ignore_index)

@@ -751,3 +751,23 @@ def test_paired_bootstrap_bad_input():
         paired_bootstrap(logits, logits, labels, metrics=["bogus"])
     with pytest.raises(ValueError, match="`n_bootstrap` must be an integer >= 1"):
         paired_bootstrap(logits, logits, labels, n_bootstrap=0)
+
+
+def test_memory_does_not_grow_with_the_number_of_chunks():
+    # 20_000 x 200 float32 scores in chunks of 2^18 / 200 = 1310 rows: 16 chunks, each with classwise tables of
+    # 200 classes x 1000 bins x (8 + 8) bytes = 3.2 MB. Kept per chunk until the end they peaked at ~80 MB (16 x 3.2
+    # MB plus the final sum); added up as they arrive, at ~28 MB (a few tables in flight). torch's own buffers are
+    # not traced by tracemalloc, numpy's are.
+    import tracemalloc
+
+    logits, labels = random_logits(20_000, 200, seed=5, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two workers, as on the 2-core CI machine: more workers hold more tables at once
+    tracemalloc.start()
+    try:
+        calibration_report(logits, labels, n_bins=1000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        torch.set_num_threads(threads)
+    assert peak < 45e6

@@ -51,6 +51,7 @@ def test_hf_argument_parser_round_trip(tmp_path):
         ({"alpha_schedule": "cosine"}, ValueError, ["alpha_schedule", "multiply"]),
         ({"calibration_n_bins": 0}, ValueError, ["calibration_n_bins"]),
         ({"calibration_n_bins": 2.5}, TypeError, ["calibration_n_bins"]),
+        ({"calibration_n_bins": 10_001}, ValueError, ["calibration_n_bins", "<= 10000"]),  # MAX_N_BINS
         ({"temperature_method": "ece"}, ValueError, ["temperature_method", "ece_grid"]),
         ({"label_smoothing_factor": 0.1}, ValueError, ["label_smoothing_factor", "ls_epsilon"]),
     ],

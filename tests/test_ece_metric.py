@@ -192,3 +192,37 @@ def test_bad_input_raises_value_error(metric):
         metric.compute(predictions=[[0.7, 0.3], [1.0]], references=[0, 0])
     with pytest.raises(ValueError, match="predictions.*empty"):
         metric.compute(predictions=[], references=[])
+
+
+@pytest.mark.parametrize(
+    "references",
+    [
+        [0.0, 1.7],  # used to be truncated to [0, 1]
+        [1.0, 0.0],  # integral floats too: the same rule as calibration_report's integer labels
+        ["0", "1"],  # used to be parsed
+        ["a", "b"],  # used to fail in int() without naming the argument
+        [True, False],
+        [0, None],
+        np.array([0.0, 1.0]),
+        torch.tensor([0.0, 1.0]),
+    ],
+)
+def test_non_integer_references_are_refused(metric, references):
+    good = [[0.7, 0.3], [0.2, 0.8]]
+    with pytest.raises(ValueError, match=r"`references` must be integer class indices"):
+        metric.compute(predictions=good, references=references)
+    with pytest.raises(ValueError, match=r"`references` must be integer class indices"):
+        metric.add_batch(predictions=good, references=references)
+    if references[-1] is not None:  # add(reference=None) means "no reference given"
+        with pytest.raises(ValueError, match=r"`reference` must be integer class indices"):
+            metric.add(prediction=good[1], reference=references[-1])
+
+
+def test_integer_references_of_any_integer_type_are_accepted(metric):
+    good = [[0.7, 0.3], [0.2, 0.8]]
+    expected = calibration_report(np.array(good), np.array([0, 1]), from_logits=False)
+    for references in ([0, 1], [np.int32(0), np.int64(1)], np.array([0, 1], dtype=np.uint8), torch.tensor([0, 1])):
+        assert metric.compute(predictions=good, references=references) == pytest.approx(expected, abs=1e-15)
+    # n_bins above the documented bound is refused by calibration_report's own check
+    with pytest.raises(ValueError, match="n_bins"):
+        metric.compute(predictions=good, references=[0, 1], n_bins=10_001)

@@ -17,9 +17,10 @@ LN2, LN4, LN6, LN1_5 = math.log(2), math.log(4), math.log(6), math.log(1.5)
 # Straightforward float64 references, written from the formulas (and the reference code's averaging), one row per
 # valid position. They share nothing with the implementation beyond torch primitives.
 # ---------------------------------------------------------------------------------------------------------------
-def ref_rows(name, z, y, **kw):
+def ref_rows(name, z, y, stable=False, **kw):
+    # stable=True takes log p from a log-softmax, for logits so spread (e.g. 1e4) that some p underflow to 0
     p = torch.softmax(z, dim=1)
-    logp = torch.log(p)
+    logp = torch.log_softmax(z, dim=1) if stable else torch.log(p)
     onehot = F.one_hot(y, z.shape[1]).to(z.dtype)
     ce = -(onehot * logp).sum(1)
     if name == "ce":
@@ -34,7 +35,7 @@ def ref_rows(name, z, y, **kw):
             gamma = kw.get("gamma", 3.0)
         else:
             gamma = torch.where(p_y.detach() < 0.2, 5.0, 3.0).to(z.dtype)
-        return -((1 - p_y) ** gamma) * torch.log(p_y)
+        return -((1 - p_y) ** gamma) * (onehot * logp).sum(1)
     if name == "ecp":
         return ce - kw.get("beta", 0.1) * (-(p * logp)).mean(1)
     if name == "brier":
@@ -52,8 +53,8 @@ def ref_rows(name, z, y, **kw):
     raise AssertionError(name)
 
 
-def ref_mean(name, z, y, **kw):
-    return ref_rows(name, z, y, **kw).mean()
+def ref_mean(name, z, y, stable=False, **kw):
+    return ref_rows(name, z, y, stable=stable, **kw).mean()
 
 
 def random_logits(n, c, dtype=torch.float64, scale=3.0, seed=0):
@@ -504,3 +505,98 @@ def test_registry_entries_are_read_only_and_names_unique():
         spec.name = "other"
     with pytest.raises(ValueError, match=r"repeated: \['ce'\]"):
         L._registry(L.LossSpec("ce", L.CrossEntropyLoss), L.LossSpec("ce", L.BrierLoss))
+
+
+# Half precision (issue 14 item 5): every loss computes in float32, finite for any finite float16 input.
+# ---------------------------------------------------------------------------------------------------------------
+def _half_cases():
+    g = torch.Generator().manual_seed(21)
+    spread = torch.randn(64, 10, generator=g) * 1e4  # fp16 logits of a diverging run: the fp16 loss was inf
+    extreme = torch.tensor([[65504.0, -65504.0, 0.0], [0.0, 65504.0, -65504.0], [-65504.0, 0.0, 65504.0]])
+    return {
+        "randn*1e4": (spread, torch.randint(0, 10, (64,), generator=g)),
+        # the fp16 extremes: max - z = 131008 > 65504, p = 0 exactly; every label position once
+        "+-65504": (extreme.repeat(3, 1), torch.arange(9) % 3),
+    }
+
+
+@pytest.mark.parametrize("case", ["randn*1e4", "+-65504"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_half_precision_is_finite_and_equals_float64_reference(name, dtype, case):
+    z, y = _half_cases()[case]
+    z_half = z.to(dtype).requires_grad_()
+    z_ref = z_half.detach().double().requires_grad_()  # the same half values, in float64
+    loss_fn = build_loss(name)
+    ours = loss_fn(z_half, y)
+    ref = ref_mean(name, z_ref, y, stable=True)
+    ours.backward()
+    ref.backward()
+    assert ours.dtype == torch.float32 and torch.isfinite(ours)
+    assert z_half.grad.dtype == dtype and torch.isfinite(z_half.grad).all()
+    assert all(torch.isfinite(part).all() and part.dtype == torch.float32 for part in loss_fn.last_parts.values())
+    # float32 arithmetic: relative 1e-6 of a loss up to ~1e4; the gradient is rounded to the half dtype (fp16 keeps
+    # 11 bits, bf16 8 bits)
+    torch.testing.assert_close(ours.double(), ref.detach(), rtol=1e-5, atol=1e-6)
+    rtol = 2e-3 if dtype == torch.float16 else 1e-2
+    torch.testing.assert_close(z_half.grad.double(), z_ref.grad, rtol=rtol, atol=1e-5)
+
+
+def test_mbls_fused_kernel_does_not_overflow_in_half_precision():
+    # fp16 row [65504, -65504, 0] with margin 0: penalty = relu(0 - 0) + relu(131008) + relu(65504) = 196512, far
+    # above fp16's 65504; per class 196512 / 3 = 65504.
+    z = torch.tensor([[65504.0, -65504.0, 0.0]], dtype=torch.float16, requires_grad=True)
+    loss_fn = MarginLoss(margin=0.0, alpha=1.0)
+    loss = loss_fn(z, torch.tensor([0]))
+    assert loss_fn.last_parts["margin"].item() == pytest.approx(196512.0 / 3, rel=1e-6)
+    loss.backward()
+    # d/dz: ce part softmax - onehot = [0, 0, 0]; penalty part (count * onehot(argmax) - mask) / 3 = [2, -1, -1] / 3
+    torch.testing.assert_close(z.grad.float(), torch.tensor([[2.0, -1.0, -1.0]]) / 3, rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_under_cpu_autocast_bfloat16(name):
+    g = torch.Generator().manual_seed(22)
+    layer = torch.nn.Linear(16, 6)
+    x = torch.randn(32, 16, generator=g) * 30
+    y = torch.randint(0, 6, (32,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = layer(x)
+        logits.retain_grad()
+        loss = build_loss(name)(logits, y)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    loss.backward()
+    assert layer.weight.grad.dtype == torch.float32 and torch.isfinite(layer.weight.grad).all()
+    z_ref = logits.detach().double().requires_grad_()
+    ref = ref_mean(name, z_ref, y, stable=True)
+    ref.backward()
+    torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits.grad.double(), z_ref.grad, rtol=1e-2, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MbLS double backward (issue 14 item 7): the fused kernel's gradient stays differentiable under create_graph.
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_mbls_gradgradcheck_float64(reduction):
+    z, y = random_logits(6, 4, seed=23)  # random: no ties, no logit within the finite-difference step of a kink
+    y[3] = -100
+    loss = MarginLoss(margin=1.0, alpha=0.7, reduction=reduction)
+    assert torch.autograd.gradgradcheck(lambda t: loss(t, y), (z.requires_grad_(),))
+
+
+def test_mbls_gradient_penalty_equals_autograd_formula():
+    z, y = random_logits(20, 5, seed=24)
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    (g1,) = torch.autograd.grad(MarginLoss(margin=1.0, alpha=0.5)(z1, y), z1, create_graph=True)
+    (g2,) = torch.autograd.grad(ref_mean("mbls", z2, y, margin=1.0, alpha=0.5), z2, create_graph=True)
+    assert g1.requires_grad  # was silently False: the penalty below was a constant
+    torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-14)
+    (g1.square().sum() + z1.square().sum()).backward()
+    (g2.square().sum() + z2.square().sum()).backward()
+    torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-10, atol=1e-13)
+    # without create_graph the fast path runs and its gradient equals the autograd one
+    z3 = z.clone().requires_grad_()
+    MarginLoss(margin=1.0, alpha=0.5)(z3, y).backward()
+    assert not z3.grad.requires_grad
+    torch.testing.assert_close(z3.grad, g2.detach(), rtol=1e-12, atol=1e-14)

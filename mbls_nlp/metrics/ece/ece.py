@@ -62,9 +62,11 @@ Args:
         With `from_logits=True`, un-normalised logits instead. For token or pixel classification, flatten the
         positions into samples first.
     references (`list` of `int`):
-        Ground-truth class indices in [0, C), shape `(N,)`; samples equal to `ignore_index` are excluded.
+        Ground-truth class indices in [0, C), shape `(N,)`; samples equal to `ignore_index` are excluded. Integers
+        only (Python or numpy ints): floats (even `1.0`), bools and strings are refused with a `ValueError`, as
+        `mbls_nlp.calibration` refuses float labels, rather than truncated to an int.
     n_bins (`int`, *optional*, defaults to `15`):
-        Number of bins for ece, aece, cece and mce.
+        Number of bins for ece, aece, cece and mce, from 1 to 10_000 (`mbls_nlp.calibration.MAX_N_BINS`).
     from_logits (`bool`, *optional*, defaults to `False`):
         If `True`, `predictions` are logits and a softmax is applied first (in float64).
     ignore_index (`int`, *optional*, defaults to `-100`):
@@ -151,6 +153,26 @@ _CITATION = r"""
 """
 
 
+def _check_references(references, name):
+    """Refuses anything but integer class indices (bools, floats, strings, ...), naming the argument."""
+    if references is None:
+        return
+    if isinstance(references, (list, tuple)):
+        bad = [v for v in references if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))]
+        if bad:
+            raise ValueError(
+                f"`{name}` must be integer class indices (Python or numpy ints; not floats, bools or strings), "
+                f"got {bad[0]!r} ({type(bad[0]).__name__})."
+            )
+        return
+    values = np.asarray(references)  # numpy arrays, CPU torch tensors
+    if values.size and values.dtype.kind not in "iu":
+        raise ValueError(
+            f"`{name}` must be integer class indices (Python or numpy ints; not floats, bools or strings), "
+            f"got an array of dtype {values.dtype}."
+        )
+
+
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ECE(evaluate.Metric):
     def _info(self):
@@ -167,6 +189,19 @@ class ECE(evaluate.Metric):
             ),
             reference_urls=["https://arxiv.org/abs/2111.15430", "https://arxiv.org/abs/1706.04599"],
         )
+
+    # The references feature is int64, and writing a batch casts to it: 1.7 would become 1 and "1" would be parsed.
+    # So the raw references are checked before evaluate stores them (issue 14).
+    def add_batch(self, *, predictions=None, references=None, **kwargs):
+        """Adds a batch of predictions and references (integer class indices) for `compute`."""
+        _check_references(references, "references")
+        return super().add_batch(predictions=predictions, references=references, **kwargs)
+
+    def add(self, *, prediction=None, reference=None, **kwargs):
+        """Adds one prediction and its reference (an integer class index) for `compute`."""
+        if reference is not None:
+            _check_references([reference], "reference")
+        return super().add(prediction=prediction, reference=reference, **kwargs)
 
     def _compute(
         self,
