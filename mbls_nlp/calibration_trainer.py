@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, EvalPrediction
 
 from .calibration import calibration_report
@@ -17,19 +20,24 @@ from .temperature import TemperatureScaler
 
 __all__ = ["CalibrationTrainer"]
 
+logger = logging.getLogger(__name__)
+
 LOSS_STATE_NAME = "calibration_loss.pt"
 
 
-class _AlphaScheduleCallback(TrainerCallback):
-    """Advance the loss's alpha schedule at each epoch end, as the reference training loop does."""
+class _TrainingStateCallback(TrainerCallback):
+    """Keeps the trainer's own training state in step with `Trainer`'s: the alpha schedule and the logged parts."""
 
     def __init__(self, trainer: CalibrationTrainer):
         self.trainer = trainer
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._begin_training()
+
     def on_epoch_end(self, args, state, control, **kwargs):
-        schedule_alpha = getattr(self.trainer.loss_fn, "schedule_alpha", None)
-        if schedule_alpha is not None:
-            schedule_alpha(round(state.epoch) - 1)  # the 0-based index of the epoch that just ended
+        # The epoch that just ended is epoch ceil(state.epoch) - 1 (0-based); state.epoch is a whole number after a
+        # full epoch and fractional after one cut short by max_steps.
+        self.trainer._advance_alpha_schedule(math.ceil(state.epoch))
 
 
 class CalibrationTrainer(Trainer):
@@ -48,7 +56,9 @@ class CalibrationTrainer(Trainer):
     - Every evaluation/prediction reports `accuracy, ece, aece, cece, mce, nll, brier` (see
       `mbls_nlp.calibration.calibration_report`), merged with a user `compute_metrics`; after
       [`~CalibrationTrainer.fit_temperature`] also the same metrics on temperature-scaled logits as `ts_*`.
-    - The loss state (alpha schedule) is saved in checkpoints and restored by `resume_from_checkpoint`; the fitted
+    - The loss state (alpha schedule) is saved in checkpoints (`calibration_loss.pt`, written before
+      `trainer_state.json`) and restored by `resume_from_checkpoint`, so that a resumed run continues exactly as
+      the uninterrupted one from any step or epoch checkpoint; an incomplete checkpoint is refused. The fitted
       temperature is stored in `model.config.calibration_temperature`, so it is saved with the model.
 
     Args:
@@ -86,7 +96,7 @@ class CalibrationTrainer(Trainer):
         wants_metrics = training_args.calibration_metrics or compute_metrics is not None
         super().__init__(*args, compute_metrics=self._compute_metrics if wants_metrics else None, **kwargs)
         self.rebuild_loss()
-        self.add_callback(_AlphaScheduleCallback(self))
+        self.add_callback(_TrainingStateCallback(self))
         self.temperature: float | None = getattr(getattr(self.model, "config", None), "calibration_temperature", None)
         self._metric_prefix = "eval"
         self._parts = {"train": {}, "eval": {}}  # mode -> part name -> running (weighted) sum
@@ -99,6 +109,32 @@ class CalibrationTrainer(Trainer):
         """Build the loss from `self.args` again, e.g. after changing `args.margin`; resets the alpha schedule."""
         self.loss_fn = build_loss(self.args.loss_type, **self.args.loss_kwargs())
         self.loss_fn.reduction = "sum"
+        self._scheduled_epochs = 0  # epochs whose end-of-epoch alpha update the loss has received
+        self._resumed_scheduled_epochs: int | None = None  # set by _load_from_checkpoint for the next train()
+
+    def _loss_has_state(self) -> bool:
+        # Only a scheduled alpha changes during training; every other loss setting comes from `args` again.
+        return bool(getattr(self.loss_fn, "schedule", "")) and hasattr(self.loss_fn, "schedule_alpha")
+
+    def _advance_alpha_schedule(self, epochs_done: int) -> None:
+        """Give the loss the end-of-epoch alpha updates of epochs `_scheduled_epochs .. epochs_done - 1`."""
+        schedule_alpha = getattr(self.loss_fn, "schedule_alpha", None)
+        while self._scheduled_epochs < epochs_done:
+            if schedule_alpha is not None:
+                schedule_alpha(self._scheduled_epochs)
+            self._scheduled_epochs += 1
+
+    def _begin_training(self) -> None:
+        # Called from on_train_begin, once Trainer has set (or restored) self.state. Parts are logged per step since
+        # the last log, counted from the resumed step like Trainer's _globalstep_last_logged (not from 0).
+        self._parts["train"], self._parts_last_step = {}, self.state.global_step
+        if self._resumed_scheduled_epochs is None:  # a fresh run: its epochs count from 0
+            self._scheduled_epochs = 0
+            return
+        self._scheduled_epochs, self._resumed_scheduled_epochs = self._resumed_scheduled_epochs, None
+        # A step checkpoint on an epoch's last step is written before that epoch's on_epoch_end (Trainer's
+        # _maybe_log_save_evaluate runs first) and the resumed run starts with the next epoch: apply the update here.
+        self._advance_alpha_schedule(math.floor(self.state.epoch or 0))
 
     def _hp_search_setup(self, trial) -> None:
         # Trainer sets the trial's values on self.args (e.g. margin, alpha): the loss must follow them.
@@ -175,16 +211,39 @@ class CalibrationTrainer(Trainer):
         return output
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        # The loss state is written before Trainer writes trainer_state.json, its last file: a checkpoint with a
+        # trainer_state.json is complete, one interrupted while saving has none and is refused on resume.
         if self.args.should_save:
             checkpoint = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            torch.save(self.loss_fn.state_dict(), os.path.join(checkpoint, LOSS_STATE_NAME))
+            os.makedirs(checkpoint, exist_ok=True)
+            state = {"loss": self.loss_fn.state_dict(), "scheduled_epochs": self._scheduled_epochs}
+            torch.save(state, os.path.join(checkpoint, LOSS_STATE_NAME))
+        super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if not os.path.isfile(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME)):
+            raise ValueError(
+                f"`resume_from_checkpoint` {resume_from_checkpoint!r} is incomplete: it has no {TRAINER_STATE_NAME} "
+                "(the last file a checkpoint writes; the run was probably stopped while saving it). Resume from an "
+                "earlier checkpoint or delete this one."
+            )
         path = os.path.join(resume_from_checkpoint, LOSS_STATE_NAME)
+        if not os.path.isfile(path):
+            message = (
+                f"`resume_from_checkpoint` {resume_from_checkpoint!r} has no {LOSS_STATE_NAME}, the calibration loss "
+                "state written by CalibrationTrainer"
+            )
+            if self._loss_has_state():
+                raise ValueError(
+                    f"{message}; the scheduled alpha (`alpha_schedule={self.args.alpha_schedule!r}`) cannot be "
+                    "restored. Resume from a checkpoint written by CalibrationTrainer."
+                )
+            logger.warning(f"{message}; this loss has no state to restore, so training continues.")
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
         if os.path.isfile(path):
-            self.loss_fn.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            self.loss_fn.load_state_dict(state["loss"])
+            self._resumed_scheduled_epochs = int(state["scheduled_epochs"])
 
     # ---- metrics ----
 

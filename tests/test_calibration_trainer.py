@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 import os
 import subprocess
@@ -16,7 +17,7 @@ from trainer_utils import (
     tiny_token_classifier,
     token_dataset,
 )
-from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
+from transformers import AutoModelForSequenceClassification, Trainer, TrainerState, TrainingArguments
 
 from mbls_nlp import CalibrationConfig, CalibrationTrainer, LossAdapter, build_loss, calibration_report
 
@@ -314,6 +315,134 @@ def test_resume_restores_alpha_schedule(tmp_path):
     resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-6"))  # after epoch 2 of 3
     assert resumed.loss_fn.alpha == pytest.approx(0.5 + 3 * 0.25)
     torch.testing.assert_close(flat_parameters(resumed_model), full_params, atol=1e-6, rtol=0)
+
+
+SCHEDULES = {"add": 0.25, "multiply": 2.0, "step": 2.0}  # alpha_mu of each; "step" multiplies after every 2nd epoch
+
+
+def _resume_kwargs(schedule, accumulation, save_strategy):
+    return dict(
+        per_device_train_batch_size=8 // accumulation,
+        gradient_accumulation_steps=accumulation,
+        per_device_eval_batch_size=4,
+        num_train_epochs=3,
+        save_strategy=save_strategy,
+        save_steps=1,
+        logging_steps=1,
+        optim="adamw_torch",  # an optimizer with state to restore
+        learning_rate=0.01,
+        margin=0.0,  # every non-max class is penalised, so alpha matters
+        alpha=0.5,
+        alpha_schedule=schedule,
+        alpha_mu=SCHEDULES[schedule],
+        alpha_step_size=2,
+    )
+
+
+def _train_and_record(trainer, data, **train_kwargs):
+    trainer.train(**train_kwargs)
+    return {
+        "params": flat_parameters(trainer.model),
+        "optimizer": trainer.optimizer.state_dict()["state"],
+        "alpha": trainer.loss_fn.alpha,
+        "logs": [entry for entry in trainer.state.log_history if "loss" in entry],
+        "metrics": trainer.evaluate(data),
+    }
+
+
+def _check_resume_from_every_checkpoint(tmp_path, schedule, accumulation, save_strategy):
+    # 20 rows: 3 optimizer steps per epoch (8, 8, 4 rows; with 4 x 2 the last step has one micro-batch), 9 in all.
+    data, eval_data = sequence_dataset(20, ignored_every=3), sequence_dataset(13, seed=1)
+    kwargs = _resume_kwargs(schedule, accumulation, save_strategy)
+    full = CalibrationTrainer(
+        model=tiny_sequence_classifier(), args=config(tmp_path / "full", **kwargs), train_dataset=data
+    )
+    expected = _train_and_record(full, eval_data)
+    # the schedule moved alpha after each of the 3 epochs (add, multiply) or after the 2nd (step)
+    assert expected["alpha"] == pytest.approx({"add": 0.5 + 3 * 0.25, "multiply": 0.5 * 2**3, "step": 1.0}[schedule])
+    checkpoints = sorted((tmp_path / "full").glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    assert [int(c.name.split("-")[1]) for c in checkpoints] == (
+        [3, 6, 9] if save_strategy == "epoch" else list(range(1, 10))
+    )
+    for checkpoint in checkpoints:
+        resumed = CalibrationTrainer(
+            model=tiny_sequence_classifier(seed=1),  # another init: everything must come from the checkpoint
+            args=config(tmp_path / f"resumed-{checkpoint.name}", **kwargs),
+            train_dataset=data,
+        )
+        got = _train_and_record(resumed, eval_data, resume_from_checkpoint=str(checkpoint))
+        where = f"resumed from {checkpoint.name}"
+        assert got["alpha"] == pytest.approx(expected["alpha"], rel=1e-12), where
+        torch.testing.assert_close(got["params"], expected["params"], atol=1e-6, rtol=0, msg=where)
+        assert got["optimizer"].keys() == expected["optimizer"].keys(), where
+        for index, state in expected["optimizer"].items():
+            for name, value in state.items():
+                torch.testing.assert_close(got["optimizer"][index][name], value, atol=1e-6, rtol=0, msg=where)
+        # every training log, those after the resume point included, and the final evaluation
+        assert len(got["logs"]) == len(expected["logs"]) == 9, where
+        for a, b in zip(got["logs"], expected["logs"]):
+            for key in ("step", "loss", "loss_ce", "loss_margin", "grad_norm", "learning_rate"):
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (where, a["step"], key)
+        for key, value in expected["metrics"].items():
+            if not key.endswith(("runtime", "per_second")):
+                assert got["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (where, key)
+
+
+def test_resume_from_every_step_checkpoint_is_exact(tmp_path):
+    # "add" with gradient accumulation: step checkpoints at every position of an epoch, its last step included
+    _check_resume_from_every_checkpoint(tmp_path, "add", accumulation=2, save_strategy="steps")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "schedule, accumulation, save_strategy",
+    [("add", 1, "steps"), ("multiply", 1, "steps"), ("step", 1, "steps"), ("step", 2, "steps"), ("multiply", 1, "epoch"),
+     ("add", 2, "epoch")],
+)  # fmt: skip
+def test_resume_from_every_checkpoint_is_exact(tmp_path, schedule, accumulation, save_strategy):
+    _check_resume_from_every_checkpoint(tmp_path, schedule, accumulation, save_strategy)
+
+
+def test_loss_state_is_written_before_trainer_state(tmp_path, monkeypatch):
+    # trainer_state.json is the file whose presence makes a checkpoint look complete: the loss state must precede it.
+    seen = []
+    save_to_json = TrainerState.save_to_json
+
+    def recording_save_to_json(self, json_path):
+        seen.append(os.path.isfile(os.path.join(os.path.dirname(json_path), "calibration_loss.pt")))
+        save_to_json(self, json_path)
+
+    monkeypatch.setattr(TrainerState, "save_to_json", recording_save_to_json)
+    args = config(tmp_path, per_device_train_batch_size=8, max_steps=2, save_strategy="steps", save_steps=1)
+    CalibrationTrainer(model=tiny_sequence_classifier(), args=args, train_dataset=sequence_dataset(16)).train()
+    assert seen == [True, True]
+
+
+@pytest.mark.parametrize("schedule", ["add", ""])
+def test_incomplete_checkpoint_is_refused(tmp_path, schedule, caplog):
+    kwargs = dict(per_device_train_batch_size=8, num_train_epochs=2, save_strategy="epoch", margin=0.0,
+                  alpha_schedule=schedule, alpha_mu=0.25)  # fmt: skip
+    data = sequence_dataset(16)
+    CalibrationTrainer(
+        model=tiny_sequence_classifier(), args=config(tmp_path / "full", **kwargs), train_dataset=data
+    ).train()
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    (checkpoint / "calibration_loss.pt").unlink()  # as if killed between writing the two files in the old order
+    resumed = CalibrationTrainer(
+        model=tiny_sequence_classifier(), args=config(tmp_path / "resumed", **kwargs), train_dataset=data
+    )
+    if schedule:  # the scheduled alpha would silently restart from its initial value
+        with pytest.raises(ValueError, match=r"resume_from_checkpoint.*calibration_loss\.pt.*alpha_schedule='add'"):
+            resumed.train(resume_from_checkpoint=str(checkpoint))
+    else:  # nothing to lose: a warning, and training resumes
+        with caplog.at_level(logging.WARNING, logger="mbls_nlp.calibration_trainer"):
+            resumed.train(resume_from_checkpoint=str(checkpoint))
+        assert "calibration_loss.pt" in caplog.text and resumed.state.global_step == 4
+    (checkpoint / "trainer_state.json").unlink()  # interrupted before its last file
+    with pytest.raises(ValueError, match=r"resume_from_checkpoint.*incomplete.*trainer_state\.json"):
+        CalibrationTrainer(
+            model=tiny_sequence_classifier(), args=config(tmp_path / "again", **kwargs), train_dataset=data
+        ).train(resume_from_checkpoint=str(checkpoint))
 
 
 def test_reliability_diagrams_written_when_asked(tmp_path):
