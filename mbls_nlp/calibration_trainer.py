@@ -52,7 +52,8 @@ class CalibrationTrainer(Trainer):
     - Gradient accumulation and multiple processes are exact: each micro-batch's summed loss is divided by the number
       of labels different from `args.loss_ignore_index` in the whole accumulation window over all processes.
     - Training logs carry the loss parts (`loss_ce`, `loss_margin` for MbLS, ...) next to `loss`, averaged the same
-      way as `loss`; evaluations carry them with the evaluation prefix.
+      way as `loss`; evaluations carry them with the evaluation prefix, and their `eval_loss` is the exact mean of
+      the loss over the set's valid labels (the weighted sum of the parts), the same for any number of processes.
     - Every evaluation/prediction reports `accuracy, ece, aece, cece, mce, nll, brier` (see
       `mbls_nlp.calibration.calibration_report`), merged with a user `compute_metrics`; after
       [`~CalibrationTrainer.fit_temperature`] also the same metrics on temperature-scaled logits as `ts_*`.
@@ -158,6 +159,8 @@ class CalibrationTrainer(Trainer):
         if labels is None:
             raise ValueError("CalibrationTrainer needs `labels` in every batch to compute the calibration loss.")
         outputs = model(**inputs)
+        if not model.training:
+            labels = self._ignore_eval_padding(labels)
         logits, labels = align_logits_and_labels(logits_from_outputs(outputs), labels)
         loss_sum = self.loss_fn(logits, labels)
         if num_items_in_batch is None:
@@ -168,6 +171,22 @@ class CalibrationTrainer(Trainer):
         self._store_parts(model.training, scale, labels)
         loss = loss_sum * scale
         return (loss, outputs) if return_outputs else loss
+
+    def _ignore_eval_padding(self, labels: torch.Tensor) -> torch.Tensor:
+        # With several processes accelerate fills the last evaluation batch of every process up to full size with
+        # rows from the start of the set (even_batches), and gather_for_metrics keeps only the first `remainder` rows
+        # of the gathered last batch, process 0's first. The loss sums must skip the same rows, so that eval_loss and
+        # its parts are the mean over the set's own valid labels whatever the number of processes.
+        state = self.accelerator.gradient_state
+        if self.accelerator.num_processes == 1 or not state.end_of_dataloader or state.remainder <= 0:
+            return labels
+        batch = labels.shape[0]
+        keep = min(max(state.remainder - self.accelerator.process_index * batch, 0), batch)
+        if keep == batch:
+            return labels
+        labels = labels.clone()
+        labels[keep:] = self.args.loss_ignore_index
+        return labels
 
     def _store_parts(self, training: bool, scale: torch.Tensor, labels: torch.Tensor) -> None:
         # Training parts are scaled exactly like the returned loss, so that after the same reduction as Trainer's
@@ -206,8 +225,14 @@ class CalibrationTrainer(Trainer):
         count = self._eval_count.to(self.args.device)
         if self.accelerator.num_processes > 1:
             count = self.accelerator.reduce(count, reduction="sum")
+        weights = self.loss_fn.part_weights
         parts = self._pop_parts("eval", count.clamp(min=1))
         output.metrics.update({f"{metric_key_prefix}_{name}": value for name, value in parts.items()})
+        if parts:
+            # Trainer's eval_loss averages per-batch means weighted by batch size (and counts the padding rows of
+            # several processes); the weighted parts give the exact mean over valid labels, as the loss defines it.
+            loss = sum(weight * parts[f"loss_{name}"] for name, weight in weights.items())
+            output.metrics[f"{metric_key_prefix}_loss"] = float(loss)
         return output
 
     def _save_checkpoint(self, model, trial):

@@ -161,6 +161,25 @@ def test_evaluation_reports_calibration_and_user_metrics(tmp_path):
     assert output.metrics["test_ece"] == pytest.approx(expected["ece"], abs=1e-6)
 
 
+def test_eval_loss_is_the_exact_mean_over_valid_labels(tmp_path):
+    # 13 rows in batches of 4, 4, 4, 1 holding 2, 3, 3, 1 valid labels (every 3rd ignored): a mean of batch means
+    # weighted by batch size is not the mean over the 9 valid labels.
+    data = sequence_dataset(13, seed=1, ignored_every=3)
+    model = tiny_sequence_classifier()
+    with torch.no_grad():  # spread the logits so that the margin term is not negligible
+        model.classifier.weight.mul_(20.0)
+    args = config(tmp_path, per_device_eval_batch_size=4, margin=0.0, alpha=0.5)
+    metrics = CalibrationTrainer(model=model, args=args).evaluate(data)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(data["input_ids"])).logits
+    loss, ce, margin = mbls_reference(logits, torch.tensor(data["labels"]), margin=0.0, alpha=0.5)
+    assert margin > 0.1  # the margin term counts
+    assert metrics["eval_loss"] == pytest.approx(loss.item(), rel=1e-6)
+    assert metrics["eval_loss"] == pytest.approx(
+        metrics["eval_loss_ce"] + 0.5 * metrics["eval_loss_margin"], rel=1e-12
+    )
+
+
 def test_calibration_metrics_can_be_switched_off(tmp_path):
     args = config(tmp_path, calibration_metrics=False)
     metrics = CalibrationTrainer(model=tiny_sequence_classifier(), args=args).evaluate(sequence_dataset(8))
@@ -482,33 +501,52 @@ def test_missing_labels_is_a_clear_error(tmp_path):
 SCRIPT = Path(__file__).with_name("ddp_train_script.py")
 
 
-def _run(args, tmp_path, name):
+def _run(args, tmp_path, name, *script_args):
     out = tmp_path / name
     # ACCELERATE_USE_CPU: without it TrainingArguments sees no GPU and falls back to one non-distributed process
     # per rank (each training on its own), even under `--multi_gpu`.
-    env = {**os.environ, "PYTHONPATH": str(SCRIPT.parent), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    result = subprocess.run(args + [str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=600)
+    # The caller's PYTHONPATH is kept, so that the package under test is the one imported.
+    python_path = os.pathsep.join(filter(None, [str(SCRIPT.parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    command = args + [str(SCRIPT), str(out), *script_args]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return torch.load(out / "params.pt"), json.loads((out / "metrics.json").read_text())
 
 
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+          "--dynamo_backend", "no"]  # fmt: skip
+TWO_PROCESSES = LAUNCH + ["--multi_gpu", "--num_processes", "2", "--main_process_port", "29533"]
+
+
 def test_two_processes_equal_one(tmp_path):
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no"]  # fmt: skip
-    params_1, metrics_1 = _run(launch + ["--num_processes", "1"], tmp_path, "one")
-    two = launch + ["--multi_gpu", "--num_processes", "2", "--main_process_port", "29533"]
-    params_2, metrics_2 = _run(two, tmp_path, "two")
+    params_1, metrics_1 = _run(LAUNCH + ["--num_processes", "1"], tmp_path, "one")
+    params_2, metrics_2 = _run(TWO_PROCESSES, tmp_path, "two")
     assert metrics_2["world_size"] == 2 and metrics_1["world_size"] == 1
     torch.testing.assert_close(params_2, params_1, atol=1e-5, rtol=0)
-    for key in (
-        "eval_loss",
-        "eval_loss_ce",
-        "eval_loss_margin",
-        "eval_accuracy",
-        "eval_ece",
-        "eval_nll",
-        "eval_brier",
-    ):
-        assert metrics_2[key] == pytest.approx(metrics_1[key], abs=1e-5), key
+    # eval35/eval37: sets that are not a multiple of the global eval batch, whose last batches accelerate pads
+    for prefix in ("eval", "eval35", "eval37"):
+        for name in ("loss", "loss_ce", "loss_margin", "accuracy", "ece", "nll", "brier"):
+            key = f"{prefix}_{name}"
+            assert metrics_2[key] == pytest.approx(metrics_1[key], abs=1e-5), key
+    assert metrics_1["eval35_loss"] == pytest.approx(
+        metrics_1["eval35_loss_ce"] + 0.5 * metrics_1["eval35_loss_margin"]
+    )
     for key in ("loss", "loss_ce", "loss_margin"):
         assert metrics_2["train_logs"][key] == pytest.approx(metrics_1["train_logs"][key], abs=1e-5), key
+
+
+@pytest.mark.slow
+def test_two_processes_resume_from_an_epochs_last_step(tmp_path):
+    # Two processes, an alpha schedule, resumed from the step checkpoint written before the first epoch's on_epoch_end.
+    _, metrics = _run(TWO_PROCESSES, tmp_path, "resume", "resume")
+    full, resumed = metrics["full"], metrics["resumed"]
+    assert metrics["world_size"] == 2
+    assert full["alpha"] == pytest.approx(0.5 + 2 * 0.25) and resumed["alpha"] == pytest.approx(full["alpha"])
+    assert metrics["resumed_params_diff"] < 1e-6
+    assert len(resumed["logs"]) == len(full["logs"]) == 6
+    for a, b in zip(resumed["logs"], full["logs"]):
+        for key in ("step", "loss", "loss_ce", "loss_margin", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
+    for key in ("eval_loss", "eval_loss_ce", "eval_loss_margin", "eval_accuracy", "eval_ece", "eval_nll"):
+        assert resumed[key] == pytest.approx(full[key], rel=1e-5, abs=1e-7), key
