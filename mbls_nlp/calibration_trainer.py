@@ -103,6 +103,7 @@ class CalibrationTrainer(Trainer):
         self._parts = {"train": {}, "eval": {}}  # mode -> part name -> running (weighted) sum
         self._eval_count = torch.zeros((), dtype=torch.float64)
         self._parts_last_step = 0
+        self._labelled_set: str | None = None  # while evaluate/fit_temperature run: how to name their dataset
 
     # ---- loss ----
 
@@ -217,11 +218,35 @@ class CalibrationTrainer(Trainer):
             self._parts_last_step = self.state.global_step
         super().log(logs, start_time)
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """As `Trainer.evaluate`; raises a `ValueError` naming `eval_dataset` when it is empty or has no labels (the
+        loss and the calibration metrics need them; `predict` accepts unlabelled data)."""
+        outer, self._labelled_set = (
+            self._labelled_set,
+            f"`eval_dataset` of evaluate(metric_key_prefix={metric_key_prefix!r})",
+        )
+        try:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            self._labelled_set = outer
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if self._labelled_set is not None and inputs.get("labels") is None:
+            raise ValueError(
+                f"{self._labelled_set} has no labels: its batches need a `labels` column (a `label` column is renamed "
+                "by the default data collators) for the loss and the calibration metrics."
+            )
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval") -> EvalLoopOutput:  # fmt: skip
         self._metric_prefix = metric_key_prefix
         self._parts["eval"], self._eval_count = {}, torch.zeros((), dtype=torch.float64)
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self._labelled_set is not None and output.num_samples == 0:
+            raise ValueError(
+                f"{self._labelled_set} is empty: the loss and the calibration metrics need labelled rows."
+            )
         count = self._eval_count.to(self.args.device)
         if self.accelerator.num_processes > 1:
             count = self.accelerator.reduce(count, reduction="sum")
@@ -306,7 +331,8 @@ class CalibrationTrainer(Trainer):
         Runs the model on `eval_dataset` (default: the trainer's `eval_dataset`), fits one temperature with
         `mbls_nlp.temperature.TemperatureScaler` (`method` defaults to `args.temperature_method`), stores it in
         `model.config.calibration_temperature` (so `save_model` keeps it and `from_pretrained` restores it) and
-        from then on every evaluation also reports the temperature-scaled metrics as `ts_*`.
+        from then on every evaluation also reports the temperature-scaled metrics as `ts_*`. An empty or unlabelled
+        `eval_dataset` is a `ValueError`.
 
         Returns:
             `float`: the fitted temperature.
@@ -316,10 +342,11 @@ class CalibrationTrainer(Trainer):
             raise ValueError("`eval_dataset` is required: pass one or give the trainer an eval_dataset.")
         dataloader = self.get_eval_dataloader(eval_dataset)
         compute_metrics, self.compute_metrics = self.compute_metrics, None  # the raw logits are all we need here
+        self._labelled_set = "`eval_dataset` of fit_temperature()"
         try:
             output = self.evaluation_loop(dataloader, "Temperature scaling", False, metric_key_prefix="temperature")
         finally:
-            self.compute_metrics = compute_metrics
+            self.compute_metrics, self._labelled_set = compute_metrics, None
         predictions = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
         logits, labels = align_logits_and_labels(torch.as_tensor(predictions), torch.as_tensor(output.label_ids))
         scaler = TemperatureScaler().fit(

@@ -496,6 +496,22 @@ def test_missing_labels_is_a_clear_error(tmp_path):
         trainer.compute_loss(trainer.model, batch)
 
 
+@pytest.mark.parametrize("missing", ["rows", "labels"])
+def test_empty_or_unlabelled_evaluation_set_is_a_clear_error(tmp_path, missing):
+    data = sequence_dataset(8).select([]) if missing == "rows" else sequence_dataset(8).remove_columns("labels")
+    message = (
+        r"`eval_dataset` of evaluate.* is empty" if missing == "rows" else r"`eval_dataset` of evaluate.* no labels"
+    )
+    trainer = CalibrationTrainer(model=tiny_sequence_classifier(), args=config(tmp_path))
+    with pytest.raises(ValueError, match=message):
+        trainer.evaluate(data)
+    with pytest.raises(ValueError, match=message.replace("evaluate", "fit_temperature")):
+        trainer.fit_temperature(data)
+    assert trainer.temperature is None
+    if missing == "labels":  # predictions need no labels
+        assert trainer.predict(data).predictions.shape == (8, CLASSES)
+
+
 # ---- two processes ----
 
 SCRIPT = Path(__file__).with_name("ddp_train_script.py")
