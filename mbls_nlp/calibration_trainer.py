@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import shutil
 from typing import Any
 
 import torch
@@ -23,6 +25,7 @@ __all__ = ["CalibrationTrainer"]
 logger = logging.getLogger(__name__)
 
 LOSS_STATE_NAME = "calibration_loss.pt"
+_CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-\d+")  # the folders get_last_checkpoint chooses from
 
 
 class _TrainingStateCallback(TrainerCallback):
@@ -137,6 +140,34 @@ class CalibrationTrainer(Trainer):
         # A step checkpoint on an epoch's last step is written before that epoch's on_epoch_end (Trainer's
         # _maybe_log_save_evaluate runs first) and the resumed run starts with the next epoch: apply the update here.
         self._advance_alpha_schedule(math.floor(self.state.epoch or 0))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None):
+        """As `Trainer.train`; a fresh run (no `resume_from_checkpoint`) in an output folder holding `checkpoint-*`
+        folders of an earlier run is a `ValueError` unless `args.overwrite_output_dir`, which deletes them first."""
+        if resume_from_checkpoint is None or resume_from_checkpoint is False:
+            self._claim_output_dir(self._get_output_dir(trial))
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval)
+
+    def _claim_output_dir(self, run_dir: str) -> None:
+        if not os.path.isdir(run_dir):
+            return
+        checkpoints = sorted(
+            name for name in os.listdir(run_dir)
+            if _CHECKPOINT_NAME.fullmatch(name) and os.path.isdir(os.path.join(run_dir, name))
+        )  # fmt: skip
+        if not checkpoints:
+            return
+        if not self.args.overwrite_output_dir:
+            raise ValueError(
+                f"`output_dir` {run_dir!r} holds checkpoints of an earlier run ({', '.join(checkpoints[:5])}"
+                f"{', ...' if len(checkpoints) > 5 else ''}), which would mix with this run's: pass "
+                "`resume_from_checkpoint` to continue that run, set `overwrite_output_dir=True` to delete them and "
+                "start afresh, or choose another `output_dir`."
+            )
+        if self.args.should_save:
+            for name in checkpoints:
+                shutil.rmtree(os.path.join(run_dir, name))
+        self.accelerator.wait_for_everyone()
 
     def _hp_search_setup(self, trial) -> None:
         # Trainer sets the trial's values on self.args (e.g. margin, alpha): the loss must follow them.

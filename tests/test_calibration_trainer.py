@@ -2,6 +2,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,14 @@ from trainer_utils import (
     tiny_token_classifier,
     token_dataset,
 )
-from transformers import AutoModelForSequenceClassification, Trainer, TrainerState, TrainingArguments
+from transformers import (
+    AutoModelForSequenceClassification,
+    HfArgumentParser,
+    Trainer,
+    TrainerState,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
 
 from mbls_nlp import CalibrationConfig, CalibrationTrainer, LossAdapter, build_loss, calibration_report
 
@@ -415,8 +423,8 @@ def test_resume_from_every_step_checkpoint_is_exact(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "schedule, accumulation, save_strategy",
-    [("add", 1, "steps"), ("multiply", 1, "steps"), ("step", 1, "steps"), ("step", 2, "steps"), ("multiply", 1, "epoch"),
-     ("add", 2, "epoch")],
+    [("add", 1, "steps"), ("multiply", 1, "steps"), ("step", 1, "steps"), ("step", 2, "steps"),
+     ("multiply", 1, "epoch"), ("add", 2, "epoch")],
 )  # fmt: skip
 def test_resume_from_every_checkpoint_is_exact(tmp_path, schedule, accumulation, save_strategy):
     _check_resume_from_every_checkpoint(tmp_path, schedule, accumulation, save_strategy)
@@ -462,6 +470,49 @@ def test_incomplete_checkpoint_is_refused(tmp_path, schedule, caplog):
         CalibrationTrainer(
             model=tiny_sequence_classifier(), args=config(tmp_path / "again", **kwargs), train_dataset=data
         ).train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_output_dir_with_checkpoints_of_another_run_is_refused(tmp_path):
+    data = sequence_dataset(32)
+    kwargs = dict(per_device_train_batch_size=8, save_strategy="steps", save_steps=1)
+    CalibrationTrainer(
+        model=tiny_sequence_classifier(), args=config(tmp_path, max_steps=4, **kwargs), train_dataset=data
+    ).train()
+    assert get_last_checkpoint(str(tmp_path)).endswith("checkpoint-4")
+    fresh = CalibrationTrainer(
+        model=tiny_sequence_classifier(), args=config(tmp_path, max_steps=2, **kwargs), train_dataset=data
+    )
+    with pytest.raises(
+        ValueError, match=r"`output_dir`.*checkpoint-1, checkpoint-2.*resume_from_checkpoint.*overwrite_output_dir"
+    ):
+        fresh.train()
+    assert fresh.state.global_step == 0  # refused before training
+    # resuming the same run is allowed
+    resumed = CalibrationTrainer(
+        model=tiny_sequence_classifier(), args=config(tmp_path, max_steps=5, **kwargs), train_dataset=data
+    )
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 5
+    # overwrite_output_dir (as the recipes parse it) deletes the old checkpoints: the latest is this run's
+    (args,) = HfArgumentParser(CalibrationConfig).parse_args_into_dataclasses(
+        [
+            f"--output_dir={tmp_path}",
+            "--overwrite_output_dir=true",
+            "--max_steps=2",
+            "--save_steps=1",
+            "--report_to=none",
+        ]
+    )
+    CalibrationTrainer(model=tiny_sequence_classifier(), args=args, train_dataset=data).train()
+    assert sorted(path.name for path in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    # a folder without checkpoints (here the saved model only) is no earlier run to mix with
+    for path in tmp_path.glob("checkpoint-*"):
+        shutil.rmtree(path)
+    trainer = CalibrationTrainer(
+        model=tiny_sequence_classifier(), args=config(tmp_path, max_steps=1), train_dataset=data
+    )
+    trainer.save_model()
+    trainer.train()
 
 
 def test_reliability_diagrams_written_when_asked(tmp_path):
