@@ -25,6 +25,7 @@ __all__ = ["CalibrationTrainer"]
 logger = logging.getLogger(__name__)
 
 LOSS_STATE_NAME = "calibration_loss.pt"
+_UNKNOWN = -1  # a checkpoint that does not say which epochs' alpha updates its loss state holds
 _CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-\d+")  # the folders get_last_checkpoint chooses from
 
 
@@ -115,7 +116,8 @@ class CalibrationTrainer(Trainer):
         self.loss_fn = build_loss(self.args.loss_type, **self.args.loss_kwargs())
         self.loss_fn.reduction = "sum"
         self._scheduled_epochs = 0  # epochs whose end-of-epoch alpha update the loss has received
-        self._resumed_scheduled_epochs: int | None = None  # set by _load_from_checkpoint for the next train()
+        # Set by _load_from_checkpoint for the next train(): the checkpoint's _scheduled_epochs, or _UNKNOWN.
+        self._resumed_scheduled_epochs: int | None = None
 
     def _loss_has_state(self) -> bool:
         # Only a scheduled alpha changes during training; every other loss setting comes from `args` again.
@@ -136,10 +138,15 @@ class CalibrationTrainer(Trainer):
         if self._resumed_scheduled_epochs is None:  # a fresh run: its epochs count from 0
             self._scheduled_epochs = 0
             return
-        self._scheduled_epochs, self._resumed_scheduled_epochs = self._resumed_scheduled_epochs, None
+        resumed, self._resumed_scheduled_epochs = self._resumed_scheduled_epochs, None
+        completed = math.floor(self.state.epoch or 0)
+        if resumed == _UNKNOWN:  # no or an older loss state: take the completed epochs' updates as applied
+            self._scheduled_epochs = completed
+            return
+        self._scheduled_epochs = resumed
         # A step checkpoint on an epoch's last step is written before that epoch's on_epoch_end (Trainer's
         # _maybe_log_save_evaluate runs first) and the resumed run starts with the next epoch: apply the update here.
-        self._advance_alpha_schedule(math.floor(self.state.epoch or 0))
+        self._advance_alpha_schedule(completed)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None):
         """As `Trainer.train`; a fresh run (no `resume_from_checkpoint`) in an output folder holding `checkpoint-*`
@@ -321,10 +328,14 @@ class CalibrationTrainer(Trainer):
                 )
             logger.warning(f"{message}; this loss has no state to restore, so training continues.")
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._resumed_scheduled_epochs = _UNKNOWN
         if os.path.isfile(path):
             state = torch.load(path, map_location="cpu", weights_only=True)
-            self.loss_fn.load_state_dict(state["loss"])
-            self._resumed_scheduled_epochs = int(state["scheduled_epochs"])
+            if "scheduled_epochs" in state:
+                self.loss_fn.load_state_dict(state["loss"])
+                self._resumed_scheduled_epochs = int(state["scheduled_epochs"])
+            else:  # written by mbls-nlp before issue 14: the loss's state_dict alone
+                self.loss_fn.load_state_dict(state)
 
     # ---- metrics ----
 

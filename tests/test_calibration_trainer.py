@@ -343,6 +343,16 @@ def test_resume_restores_alpha_schedule(tmp_path):
     assert resumed.loss_fn.alpha == pytest.approx(0.5 + 3 * 0.25)
     torch.testing.assert_close(flat_parameters(resumed_model), full_params, atol=1e-6, rtol=0)
 
+    # a checkpoint of an earlier mbls-nlp held the loss's state_dict alone (alpha after epoch 2's update)
+    state_file = tmp_path / "full" / "checkpoint-6" / "calibration_loss.pt"
+    torch.save(torch.load(state_file, weights_only=True)["loss"], state_file)
+    older = CalibrationTrainer(
+        model=tiny_sequence_classifier(seed=1), args=config(tmp_path / "older", **kwargs), train_dataset=data
+    )
+    older.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-6"))
+    assert older.loss_fn.alpha == pytest.approx(0.5 + 3 * 0.25)
+    torch.testing.assert_close(flat_parameters(older.model), full_params, atol=1e-6, rtol=0)
+
 
 SCHEDULES = {"add": 0.25, "multiply": 2.0, "step": 2.0}  # alpha_mu of each; "step" multiplies after every 2nd epoch
 
