@@ -66,6 +66,11 @@ class CalibrationConfig(TrainingArguments):
         save_reliability_diagrams (`bool`, *optional*, defaults to `False`):
             Write a reliability diagram (PNG) and its bin table (JSON) to `output_dir` at every evaluation and
             prediction (needs the `plot` extra).
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            Let `CalibrationTrainer.train` start afresh in an `output_dir` that holds `checkpoint-*` folders of an
+            earlier run: they are deleted first. Without it (or `resume_from_checkpoint`) such a folder is refused, as
+            the old checkpoints would mix with the new ones (and `resume_from_checkpoint=True` take the highest).
+            transformers 5 no longer has this `TrainingArguments` field.
 
     Examples:
 
@@ -141,6 +146,13 @@ class CalibrationConfig(TrainingArguments):
     save_reliability_diagrams: bool = field(
         default=False,
         metadata={"help": "Write reliability diagrams (PNG) and bin tables (JSON) to output_dir at each evaluation."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train afresh in an output_dir holding checkpoint-* folders of an earlier run, deleting them; "
+            "without it (or --resume_from_checkpoint) such an output_dir is refused."
+        },
     )
 
     def __post_init__(self):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import re
+import shutil
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, EvalPrediction
 
 from .calibration import calibration_report
@@ -17,19 +22,26 @@ from .temperature import TemperatureScaler
 
 __all__ = ["CalibrationTrainer"]
 
+logger = logging.getLogger(__name__)
+
 LOSS_STATE_NAME = "calibration_loss.pt"
+_UNKNOWN = -1  # a checkpoint that does not say which epochs' alpha updates its loss state holds
+_CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-\d+")  # the folders get_last_checkpoint chooses from
 
 
-class _AlphaScheduleCallback(TrainerCallback):
-    """Advance the loss's alpha schedule at each epoch end, as the reference training loop does."""
+class _TrainingStateCallback(TrainerCallback):
+    """Keeps the trainer's own training state in step with `Trainer`'s: the alpha schedule and the logged parts."""
 
     def __init__(self, trainer: CalibrationTrainer):
         self.trainer = trainer
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._begin_training()
+
     def on_epoch_end(self, args, state, control, **kwargs):
-        schedule_alpha = getattr(self.trainer.loss_fn, "schedule_alpha", None)
-        if schedule_alpha is not None:
-            schedule_alpha(round(state.epoch) - 1)  # the 0-based index of the epoch that just ended
+        # The epoch that just ended is epoch ceil(state.epoch) - 1 (0-based); state.epoch is a whole number after a
+        # full epoch and fractional after one cut short by max_steps.
+        self.trainer._advance_alpha_schedule(math.ceil(state.epoch))
 
 
 class CalibrationTrainer(Trainer):
@@ -44,11 +56,14 @@ class CalibrationTrainer(Trainer):
     - Gradient accumulation and multiple processes are exact: each micro-batch's summed loss is divided by the number
       of labels different from `args.loss_ignore_index` in the whole accumulation window over all processes.
     - Training logs carry the loss parts (`loss_ce`, `loss_margin` for MbLS, ...) next to `loss`, averaged the same
-      way as `loss`; evaluations carry them with the evaluation prefix.
+      way as `loss`; evaluations carry them with the evaluation prefix, and their `eval_loss` is the exact mean of
+      the loss over the set's valid labels (the weighted sum of the parts), the same for any number of processes.
     - Every evaluation/prediction reports `accuracy, ece, aece, cece, mce, nll, brier` (see
       `mbls_nlp.calibration.calibration_report`), merged with a user `compute_metrics`; after
       [`~CalibrationTrainer.fit_temperature`] also the same metrics on temperature-scaled logits as `ts_*`.
-    - The loss state (alpha schedule) is saved in checkpoints and restored by `resume_from_checkpoint`; the fitted
+    - The loss state (alpha schedule) is saved in checkpoints (`calibration_loss.pt`, written before
+      `trainer_state.json`) and restored by `resume_from_checkpoint`, so that a resumed run continues exactly as
+      the uninterrupted one from any step or epoch checkpoint; an incomplete checkpoint is refused. The fitted
       temperature is stored in `model.config.calibration_temperature`, so it is saved with the model.
 
     Args:
@@ -86,12 +101,13 @@ class CalibrationTrainer(Trainer):
         wants_metrics = training_args.calibration_metrics or compute_metrics is not None
         super().__init__(*args, compute_metrics=self._compute_metrics if wants_metrics else None, **kwargs)
         self.rebuild_loss()
-        self.add_callback(_AlphaScheduleCallback(self))
+        self.add_callback(_TrainingStateCallback(self))
         self.temperature: float | None = getattr(getattr(self.model, "config", None), "calibration_temperature", None)
         self._metric_prefix = "eval"
         self._parts = {"train": {}, "eval": {}}  # mode -> part name -> running (weighted) sum
         self._eval_count = torch.zeros((), dtype=torch.float64)
         self._parts_last_step = 0
+        self._labelled_set: str | None = None  # while evaluate/fit_temperature run: how to name their dataset
 
     # ---- loss ----
 
@@ -99,6 +115,66 @@ class CalibrationTrainer(Trainer):
         """Build the loss from `self.args` again, e.g. after changing `args.margin`; resets the alpha schedule."""
         self.loss_fn = build_loss(self.args.loss_type, **self.args.loss_kwargs())
         self.loss_fn.reduction = "sum"
+        self._scheduled_epochs = 0  # epochs whose end-of-epoch alpha update the loss has received
+        # Set by _load_from_checkpoint for the next train(): the checkpoint's _scheduled_epochs, or _UNKNOWN.
+        self._resumed_scheduled_epochs: int | None = None
+
+    def _loss_has_state(self) -> bool:
+        # Only a scheduled alpha changes during training; every other loss setting comes from `args` again.
+        return bool(getattr(self.loss_fn, "schedule", "")) and hasattr(self.loss_fn, "schedule_alpha")
+
+    def _advance_alpha_schedule(self, epochs_done: int) -> None:
+        """Give the loss the end-of-epoch alpha updates of epochs `_scheduled_epochs .. epochs_done - 1`."""
+        schedule_alpha = getattr(self.loss_fn, "schedule_alpha", None)
+        while self._scheduled_epochs < epochs_done:
+            if schedule_alpha is not None:
+                schedule_alpha(self._scheduled_epochs)
+            self._scheduled_epochs += 1
+
+    def _begin_training(self) -> None:
+        # Called from on_train_begin, once Trainer has set (or restored) self.state. Parts are logged per step since
+        # the last log, counted from the resumed step like Trainer's _globalstep_last_logged (not from 0).
+        self._parts["train"], self._parts_last_step = {}, self.state.global_step
+        if self._resumed_scheduled_epochs is None:  # a fresh run: its epochs count from 0
+            self._scheduled_epochs = 0
+            return
+        resumed, self._resumed_scheduled_epochs = self._resumed_scheduled_epochs, None
+        completed = math.floor(self.state.epoch or 0)
+        if resumed == _UNKNOWN:  # no or an older loss state: take the completed epochs' updates as applied
+            self._scheduled_epochs = completed
+            return
+        self._scheduled_epochs = resumed
+        # A step checkpoint on an epoch's last step is written before that epoch's on_epoch_end (Trainer's
+        # _maybe_log_save_evaluate runs first) and the resumed run starts with the next epoch: apply the update here.
+        self._advance_alpha_schedule(completed)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None):
+        """As `Trainer.train`; a fresh run (no `resume_from_checkpoint`) in an output folder holding `checkpoint-*`
+        folders of an earlier run is a `ValueError` unless `args.overwrite_output_dir`, which deletes them first."""
+        if resume_from_checkpoint is None or resume_from_checkpoint is False:
+            self._claim_output_dir(self._get_output_dir(trial))
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval)
+
+    def _claim_output_dir(self, run_dir: str) -> None:
+        if not os.path.isdir(run_dir):
+            return
+        checkpoints = sorted(
+            name for name in os.listdir(run_dir)
+            if _CHECKPOINT_NAME.fullmatch(name) and os.path.isdir(os.path.join(run_dir, name))
+        )  # fmt: skip
+        if not checkpoints:
+            return
+        if not self.args.overwrite_output_dir:
+            raise ValueError(
+                f"`output_dir` {run_dir!r} holds checkpoints of an earlier run ({', '.join(checkpoints[:5])}"
+                f"{', ...' if len(checkpoints) > 5 else ''}), which would mix with this run's: pass "
+                "`resume_from_checkpoint` to continue that run, set `overwrite_output_dir=True` to delete them and "
+                "start afresh, or choose another `output_dir`."
+            )
+        if self.args.should_save:
+            for name in checkpoints:
+                shutil.rmtree(os.path.join(run_dir, name))
+        self.accelerator.wait_for_everyone()
 
     def _hp_search_setup(self, trial) -> None:
         # Trainer sets the trial's values on self.args (e.g. margin, alpha): the loss must follow them.
@@ -122,6 +198,8 @@ class CalibrationTrainer(Trainer):
         if labels is None:
             raise ValueError("CalibrationTrainer needs `labels` in every batch to compute the calibration loss.")
         outputs = model(**inputs)
+        if not model.training:
+            labels = self._ignore_eval_padding(labels)
         logits, labels = align_logits_and_labels(logits_from_outputs(outputs), labels)
         loss_sum = self.loss_fn(logits, labels)
         if num_items_in_batch is None:
@@ -132,6 +210,22 @@ class CalibrationTrainer(Trainer):
         self._store_parts(model.training, scale, labels)
         loss = loss_sum * scale
         return (loss, outputs) if return_outputs else loss
+
+    def _ignore_eval_padding(self, labels: torch.Tensor) -> torch.Tensor:
+        # With several processes accelerate fills the last evaluation batch of every process up to full size with
+        # rows from the start of the set (even_batches), and gather_for_metrics keeps only the first `remainder` rows
+        # of the gathered last batch, process 0's first. The loss sums must skip the same rows, so that eval_loss and
+        # its parts are the mean over the set's own valid labels whatever the number of processes.
+        state = self.accelerator.gradient_state
+        if self.accelerator.num_processes == 1 or not state.end_of_dataloader or state.remainder <= 0:
+            return labels
+        batch = labels.shape[0]
+        keep = min(max(state.remainder - self.accelerator.process_index * batch, 0), batch)
+        if keep == batch:
+            return labels
+        labels = labels.clone()
+        labels[keep:] = self.args.loss_ignore_index
+        return labels
 
     def _store_parts(self, training: bool, scale: torch.Tensor, labels: torch.Tensor) -> None:
         # Training parts are scaled exactly like the returned loss, so that after the same reduction as Trainer's
@@ -162,29 +256,86 @@ class CalibrationTrainer(Trainer):
             self._parts_last_step = self.state.global_step
         super().log(logs, start_time)
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """As `Trainer.evaluate`; raises a `ValueError` naming `eval_dataset` when it is empty or has no labels (the
+        loss and the calibration metrics need them; `predict` accepts unlabelled data)."""
+        outer, self._labelled_set = (
+            self._labelled_set,
+            f"`eval_dataset` of evaluate(metric_key_prefix={metric_key_prefix!r})",
+        )
+        try:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            self._labelled_set = outer
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if self._labelled_set is not None and inputs.get("labels") is None:
+            raise ValueError(
+                f"{self._labelled_set} has no labels: its batches need a `labels` column (a `label` column is renamed "
+                "by the default data collators) for the loss and the calibration metrics."
+            )
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval") -> EvalLoopOutput:  # fmt: skip
         self._metric_prefix = metric_key_prefix
         self._parts["eval"], self._eval_count = {}, torch.zeros((), dtype=torch.float64)
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self._labelled_set is not None and output.num_samples == 0:
+            raise ValueError(
+                f"{self._labelled_set} is empty: the loss and the calibration metrics need labelled rows."
+            )
         count = self._eval_count.to(self.args.device)
         if self.accelerator.num_processes > 1:
             count = self.accelerator.reduce(count, reduction="sum")
+        weights = self.loss_fn.part_weights
         parts = self._pop_parts("eval", count.clamp(min=1))
         output.metrics.update({f"{metric_key_prefix}_{name}": value for name, value in parts.items()})
+        if parts:
+            # Trainer's eval_loss averages per-batch means weighted by batch size (and counts the padding rows of
+            # several processes); the weighted parts give the exact mean over valid labels, as the loss defines it.
+            loss = sum(weight * parts[f"loss_{name}"] for name, weight in weights.items())
+            output.metrics[f"{metric_key_prefix}_loss"] = float(loss)
         return output
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        # The loss state is written before Trainer writes trainer_state.json, its last file: a checkpoint with a
+        # trainer_state.json is complete, one interrupted while saving has none and is refused on resume.
         if self.args.should_save:
             checkpoint = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            torch.save(self.loss_fn.state_dict(), os.path.join(checkpoint, LOSS_STATE_NAME))
+            os.makedirs(checkpoint, exist_ok=True)
+            state = {"loss": self.loss_fn.state_dict(), "scheduled_epochs": self._scheduled_epochs}
+            torch.save(state, os.path.join(checkpoint, LOSS_STATE_NAME))
+        super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if not os.path.isfile(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME)):
+            raise ValueError(
+                f"`resume_from_checkpoint` {resume_from_checkpoint!r} is incomplete: it has no {TRAINER_STATE_NAME} "
+                "(the last file a checkpoint writes; the run was probably stopped while saving it). Resume from an "
+                "earlier checkpoint or delete this one."
+            )
         path = os.path.join(resume_from_checkpoint, LOSS_STATE_NAME)
+        if not os.path.isfile(path):
+            message = (
+                f"`resume_from_checkpoint` {resume_from_checkpoint!r} has no {LOSS_STATE_NAME}, the calibration loss "
+                "state written by CalibrationTrainer"
+            )
+            if self._loss_has_state():
+                raise ValueError(
+                    f"{message}; the scheduled alpha (`alpha_schedule={self.args.alpha_schedule!r}`) cannot be "
+                    "restored. Resume from a checkpoint written by CalibrationTrainer."
+                )
+            logger.warning(f"{message}; this loss has no state to restore, so training continues.")
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._resumed_scheduled_epochs = _UNKNOWN
         if os.path.isfile(path):
-            self.loss_fn.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if "scheduled_epochs" in state:
+                self.loss_fn.load_state_dict(state["loss"])
+                self._resumed_scheduled_epochs = int(state["scheduled_epochs"])
+            else:  # written by mbls-nlp before issue 14: the loss's state_dict alone
+                self.loss_fn.load_state_dict(state)
 
     # ---- metrics ----
 
@@ -222,7 +373,8 @@ class CalibrationTrainer(Trainer):
         Runs the model on `eval_dataset` (default: the trainer's `eval_dataset`), fits one temperature with
         `mbls_nlp.temperature.TemperatureScaler` (`method` defaults to `args.temperature_method`), stores it in
         `model.config.calibration_temperature` (so `save_model` keeps it and `from_pretrained` restores it) and
-        from then on every evaluation also reports the temperature-scaled metrics as `ts_*`.
+        from then on every evaluation also reports the temperature-scaled metrics as `ts_*`. An empty or unlabelled
+        `eval_dataset` is a `ValueError`.
 
         Returns:
             `float`: the fitted temperature.
@@ -232,10 +384,11 @@ class CalibrationTrainer(Trainer):
             raise ValueError("`eval_dataset` is required: pass one or give the trainer an eval_dataset.")
         dataloader = self.get_eval_dataloader(eval_dataset)
         compute_metrics, self.compute_metrics = self.compute_metrics, None  # the raw logits are all we need here
+        self._labelled_set = "`eval_dataset` of fit_temperature()"
         try:
             output = self.evaluation_loop(dataloader, "Temperature scaling", False, metric_key_prefix="temperature")
         finally:
-            self.compute_metrics = compute_metrics
+            self.compute_metrics, self._labelled_set = compute_metrics, None
         predictions = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
         logits, labels = align_logits_and_labels(torch.as_tensor(predictions), torch.as_tensor(output.label_ids))
         scaler = TemperatureScaler().fit(

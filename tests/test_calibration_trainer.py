@@ -1,6 +1,8 @@
 import json
+import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,14 @@ from trainer_utils import (
     tiny_token_classifier,
     token_dataset,
 )
-from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
+from transformers import (
+    AutoModelForSequenceClassification,
+    HfArgumentParser,
+    Trainer,
+    TrainerState,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
 
 from mbls_nlp import CalibrationConfig, CalibrationTrainer, LossAdapter, build_loss, calibration_report
 
@@ -158,6 +167,25 @@ def test_evaluation_reports_calibration_and_user_metrics(tmp_path):
     # predict uses its own prefix
     output = trainer.predict(data, metric_key_prefix="test")
     assert output.metrics["test_ece"] == pytest.approx(expected["ece"], abs=1e-6)
+
+
+def test_eval_loss_is_the_exact_mean_over_valid_labels(tmp_path):
+    # 13 rows in batches of 4, 4, 4, 1 holding 2, 3, 3, 1 valid labels (every 3rd ignored): a mean of batch means
+    # weighted by batch size is not the mean over the 9 valid labels.
+    data = sequence_dataset(13, seed=1, ignored_every=3)
+    model = tiny_sequence_classifier()
+    with torch.no_grad():  # spread the logits so that the margin term is not negligible
+        model.classifier.weight.mul_(20.0)
+    args = config(tmp_path, per_device_eval_batch_size=4, margin=0.0, alpha=0.5)
+    metrics = CalibrationTrainer(model=model, args=args).evaluate(data)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(data["input_ids"])).logits
+    loss, ce, margin = mbls_reference(logits, torch.tensor(data["labels"]), margin=0.0, alpha=0.5)
+    assert margin > 0.1  # the margin term counts
+    assert metrics["eval_loss"] == pytest.approx(loss.item(), rel=1e-6)
+    assert metrics["eval_loss"] == pytest.approx(
+        metrics["eval_loss_ce"] + 0.5 * metrics["eval_loss_margin"], rel=1e-12
+    )
 
 
 def test_calibration_metrics_can_be_switched_off(tmp_path):
@@ -315,6 +343,187 @@ def test_resume_restores_alpha_schedule(tmp_path):
     assert resumed.loss_fn.alpha == pytest.approx(0.5 + 3 * 0.25)
     torch.testing.assert_close(flat_parameters(resumed_model), full_params, atol=1e-6, rtol=0)
 
+    # a checkpoint of an earlier mbls-nlp held the loss's state_dict alone (alpha after epoch 2's update)
+    state_file = tmp_path / "full" / "checkpoint-6" / "calibration_loss.pt"
+    torch.save(torch.load(state_file, weights_only=True)["loss"], state_file)
+    older = CalibrationTrainer(
+        model=tiny_sequence_classifier(seed=1), args=config(tmp_path / "older", **kwargs), train_dataset=data
+    )
+    older.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-6"))
+    assert older.loss_fn.alpha == pytest.approx(0.5 + 3 * 0.25)
+    torch.testing.assert_close(flat_parameters(older.model), full_params, atol=1e-6, rtol=0)
+
+
+SCHEDULES = {"add": 0.25, "multiply": 2.0, "step": 2.0}  # alpha_mu of each; "step" multiplies after every 2nd epoch
+
+
+def _resume_kwargs(schedule, accumulation, save_strategy):
+    return dict(
+        per_device_train_batch_size=8 // accumulation,
+        gradient_accumulation_steps=accumulation,
+        per_device_eval_batch_size=4,
+        num_train_epochs=3,
+        save_strategy=save_strategy,
+        save_steps=1,
+        logging_steps=1,
+        optim="adamw_torch",  # an optimizer with state to restore
+        learning_rate=0.01,
+        margin=0.0,  # every non-max class is penalised, so alpha matters
+        alpha=0.5,
+        alpha_schedule=schedule,
+        alpha_mu=SCHEDULES[schedule],
+        alpha_step_size=2,
+    )
+
+
+def _train_and_record(trainer, data, **train_kwargs):
+    trainer.train(**train_kwargs)
+    return {
+        "params": flat_parameters(trainer.model),
+        "optimizer": trainer.optimizer.state_dict()["state"],
+        "alpha": trainer.loss_fn.alpha,
+        "logs": [entry for entry in trainer.state.log_history if "loss" in entry],
+        "metrics": trainer.evaluate(data),
+    }
+
+
+def _check_resume_from_every_checkpoint(tmp_path, schedule, accumulation, save_strategy):
+    # 20 rows: 3 optimizer steps per epoch (8, 8, 4 rows; with 4 x 2 the last step has one micro-batch), 9 in all.
+    data, eval_data = sequence_dataset(20, ignored_every=3), sequence_dataset(13, seed=1)
+    kwargs = _resume_kwargs(schedule, accumulation, save_strategy)
+    full = CalibrationTrainer(
+        model=tiny_sequence_classifier(), args=config(tmp_path / "full", **kwargs), train_dataset=data
+    )
+    expected = _train_and_record(full, eval_data)
+    # the schedule moved alpha after each of the 3 epochs (add, multiply) or after the 2nd (step)
+    assert expected["alpha"] == pytest.approx({"add": 0.5 + 3 * 0.25, "multiply": 0.5 * 2**3, "step": 1.0}[schedule])
+    checkpoints = sorted((tmp_path / "full").glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    assert [int(c.name.split("-")[1]) for c in checkpoints] == (
+        [3, 6, 9] if save_strategy == "epoch" else list(range(1, 10))
+    )
+    for checkpoint in checkpoints:
+        resumed = CalibrationTrainer(
+            model=tiny_sequence_classifier(seed=1),  # another init: everything must come from the checkpoint
+            args=config(tmp_path / f"resumed-{checkpoint.name}", **kwargs),
+            train_dataset=data,
+        )
+        got = _train_and_record(resumed, eval_data, resume_from_checkpoint=str(checkpoint))
+        where = f"resumed from {checkpoint.name}"
+        assert got["alpha"] == pytest.approx(expected["alpha"], rel=1e-12), where
+        torch.testing.assert_close(got["params"], expected["params"], atol=1e-6, rtol=0, msg=where)
+        assert got["optimizer"].keys() == expected["optimizer"].keys(), where
+        for index, state in expected["optimizer"].items():
+            for name, value in state.items():
+                torch.testing.assert_close(got["optimizer"][index][name], value, atol=1e-6, rtol=0, msg=where)
+        # every training log, those after the resume point included, and the final evaluation
+        assert len(got["logs"]) == len(expected["logs"]) == 9, where
+        for a, b in zip(got["logs"], expected["logs"]):
+            for key in ("step", "loss", "loss_ce", "loss_margin", "grad_norm", "learning_rate"):
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (where, a["step"], key)
+        for key, value in expected["metrics"].items():
+            if not key.endswith(("runtime", "per_second")):
+                assert got["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (where, key)
+
+
+def test_resume_from_every_step_checkpoint_is_exact(tmp_path):
+    # "add" with gradient accumulation: step checkpoints at every position of an epoch, its last step included
+    _check_resume_from_every_checkpoint(tmp_path, "add", accumulation=2, save_strategy="steps")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "schedule, accumulation, save_strategy",
+    [("add", 1, "steps"), ("multiply", 1, "steps"), ("step", 1, "steps"), ("step", 2, "steps"),
+     ("multiply", 1, "epoch"), ("add", 2, "epoch")],
+)  # fmt: skip
+def test_resume_from_every_checkpoint_is_exact(tmp_path, schedule, accumulation, save_strategy):
+    _check_resume_from_every_checkpoint(tmp_path, schedule, accumulation, save_strategy)
+
+
+def test_loss_state_is_written_before_trainer_state(tmp_path, monkeypatch):
+    # trainer_state.json is the file whose presence makes a checkpoint look complete: the loss state must precede it.
+    seen = []
+    save_to_json = TrainerState.save_to_json
+
+    def recording_save_to_json(self, json_path):
+        seen.append(os.path.isfile(os.path.join(os.path.dirname(json_path), "calibration_loss.pt")))
+        save_to_json(self, json_path)
+
+    monkeypatch.setattr(TrainerState, "save_to_json", recording_save_to_json)
+    args = config(tmp_path, per_device_train_batch_size=8, max_steps=2, save_strategy="steps", save_steps=1)
+    CalibrationTrainer(model=tiny_sequence_classifier(), args=args, train_dataset=sequence_dataset(16)).train()
+    assert seen == [True, True]
+
+
+@pytest.mark.parametrize("schedule", ["add", ""])
+def test_incomplete_checkpoint_is_refused(tmp_path, schedule, caplog):
+    kwargs = dict(per_device_train_batch_size=8, num_train_epochs=2, save_strategy="epoch", margin=0.0,
+                  alpha_schedule=schedule, alpha_mu=0.25)  # fmt: skip
+    data = sequence_dataset(16)
+    CalibrationTrainer(
+        model=tiny_sequence_classifier(), args=config(tmp_path / "full", **kwargs), train_dataset=data
+    ).train()
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    (checkpoint / "calibration_loss.pt").unlink()  # as if killed between writing the two files in the old order
+    resumed = CalibrationTrainer(
+        model=tiny_sequence_classifier(), args=config(tmp_path / "resumed", **kwargs), train_dataset=data
+    )
+    if schedule:  # the scheduled alpha would silently restart from its initial value
+        with pytest.raises(ValueError, match=r"resume_from_checkpoint.*calibration_loss\.pt.*alpha_schedule='add'"):
+            resumed.train(resume_from_checkpoint=str(checkpoint))
+    else:  # nothing to lose: a warning, and training resumes
+        with caplog.at_level(logging.WARNING, logger="mbls_nlp.calibration_trainer"):
+            resumed.train(resume_from_checkpoint=str(checkpoint))
+        assert "calibration_loss.pt" in caplog.text and resumed.state.global_step == 4
+    (checkpoint / "trainer_state.json").unlink()  # interrupted before its last file
+    with pytest.raises(ValueError, match=r"resume_from_checkpoint.*incomplete.*trainer_state\.json"):
+        CalibrationTrainer(
+            model=tiny_sequence_classifier(), args=config(tmp_path / "again", **kwargs), train_dataset=data
+        ).train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_output_dir_with_checkpoints_of_another_run_is_refused(tmp_path):
+    data = sequence_dataset(32)
+    kwargs = dict(per_device_train_batch_size=8, save_strategy="steps", save_steps=1)
+    CalibrationTrainer(
+        model=tiny_sequence_classifier(), args=config(tmp_path, max_steps=4, **kwargs), train_dataset=data
+    ).train()
+    assert get_last_checkpoint(str(tmp_path)).endswith("checkpoint-4")
+    fresh = CalibrationTrainer(
+        model=tiny_sequence_classifier(), args=config(tmp_path, max_steps=2, **kwargs), train_dataset=data
+    )
+    with pytest.raises(
+        ValueError, match=r"`output_dir`.*checkpoint-1, checkpoint-2.*resume_from_checkpoint.*overwrite_output_dir"
+    ):
+        fresh.train()
+    assert fresh.state.global_step == 0  # refused before training
+    # resuming the same run is allowed
+    resumed = CalibrationTrainer(
+        model=tiny_sequence_classifier(), args=config(tmp_path, max_steps=5, **kwargs), train_dataset=data
+    )
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 5
+    # overwrite_output_dir (as the recipes parse it) deletes the old checkpoints: the latest is this run's
+    (args,) = HfArgumentParser(CalibrationConfig).parse_args_into_dataclasses(
+        [
+            f"--output_dir={tmp_path}",
+            "--overwrite_output_dir=true",
+            "--max_steps=2",
+            "--save_steps=1",
+            "--report_to=none",
+        ]
+    )
+    CalibrationTrainer(model=tiny_sequence_classifier(), args=args, train_dataset=data).train()
+    assert sorted(path.name for path in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    # a folder without checkpoints (here the saved model only) is no earlier run to mix with
+    for path in tmp_path.glob("checkpoint-*"):
+        shutil.rmtree(path)
+    trainer = CalibrationTrainer(
+        model=tiny_sequence_classifier(), args=config(tmp_path, max_steps=1), train_dataset=data
+    )
+    trainer.save_model()
+    trainer.train()
+
 
 def test_reliability_diagrams_written_when_asked(tmp_path):
     pytest.importorskip("matplotlib")
@@ -348,39 +557,74 @@ def test_missing_labels_is_a_clear_error(tmp_path):
         trainer.compute_loss(trainer.model, batch)
 
 
+@pytest.mark.parametrize("missing", ["rows", "labels"])
+def test_empty_or_unlabelled_evaluation_set_is_a_clear_error(tmp_path, missing):
+    data = sequence_dataset(8).select([]) if missing == "rows" else sequence_dataset(8).remove_columns("labels")
+    message = (
+        r"`eval_dataset` of evaluate.* is empty" if missing == "rows" else r"`eval_dataset` of evaluate.* no labels"
+    )
+    trainer = CalibrationTrainer(model=tiny_sequence_classifier(), args=config(tmp_path))
+    with pytest.raises(ValueError, match=message):
+        trainer.evaluate(data)
+    with pytest.raises(ValueError, match=message.replace("evaluate", "fit_temperature")):
+        trainer.fit_temperature(data)
+    assert trainer.temperature is None
+    if missing == "labels":  # predictions need no labels
+        assert trainer.predict(data).predictions.shape == (8, CLASSES)
+
+
 # ---- two processes ----
 
 SCRIPT = Path(__file__).with_name("ddp_train_script.py")
 
 
-def _run(args, tmp_path, name):
+def _run(args, tmp_path, name, *script_args):
     out = tmp_path / name
     # ACCELERATE_USE_CPU: without it TrainingArguments sees no GPU and falls back to one non-distributed process
     # per rank (each training on its own), even under `--multi_gpu`.
-    env = {**os.environ, "PYTHONPATH": str(SCRIPT.parent), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    result = subprocess.run(args + [str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=600)
+    # The caller's PYTHONPATH is kept, so that the package under test is the one imported.
+    python_path = os.pathsep.join(filter(None, [str(SCRIPT.parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    command = args + [str(SCRIPT), str(out), *script_args]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return torch.load(out / "params.pt"), json.loads((out / "metrics.json").read_text())
 
 
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+          "--dynamo_backend", "no"]  # fmt: skip
+TWO_PROCESSES = LAUNCH + ["--multi_gpu", "--num_processes", "2", "--main_process_port", "29533"]
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no"]  # fmt: skip
-    params_1, metrics_1 = _run(launch + ["--num_processes", "1"], tmp_path, "one")
-    two = launch + ["--multi_gpu", "--num_processes", "2", "--main_process_port", "29533"]
-    params_2, metrics_2 = _run(two, tmp_path, "two")
+    params_1, metrics_1 = _run(LAUNCH + ["--num_processes", "1"], tmp_path, "one")
+    params_2, metrics_2 = _run(TWO_PROCESSES, tmp_path, "two")
     assert metrics_2["world_size"] == 2 and metrics_1["world_size"] == 1
     torch.testing.assert_close(params_2, params_1, atol=1e-5, rtol=0)
-    for key in (
-        "eval_loss",
-        "eval_loss_ce",
-        "eval_loss_margin",
-        "eval_accuracy",
-        "eval_ece",
-        "eval_nll",
-        "eval_brier",
-    ):
-        assert metrics_2[key] == pytest.approx(metrics_1[key], abs=1e-5), key
+    # eval35/eval37: sets that are not a multiple of the global eval batch, whose last batches accelerate pads
+    for prefix in ("eval", "eval35", "eval37"):
+        for name in ("loss", "loss_ce", "loss_margin", "accuracy", "ece", "nll", "brier"):
+            key = f"{prefix}_{name}"
+            assert metrics_2[key] == pytest.approx(metrics_1[key], abs=1e-5), key
+    assert metrics_1["eval35_loss"] == pytest.approx(
+        metrics_1["eval35_loss_ce"] + 0.5 * metrics_1["eval35_loss_margin"]
+    )
     for key in ("loss", "loss_ce", "loss_margin"):
         assert metrics_2["train_logs"][key] == pytest.approx(metrics_1["train_logs"][key], abs=1e-5), key
+
+
+@pytest.mark.slow
+def test_two_processes_resume_from_an_epochs_last_step(tmp_path):
+    # Two processes, an alpha schedule, resumed from the step checkpoint written before the first epoch's on_epoch_end.
+    _, metrics = _run(TWO_PROCESSES, tmp_path, "resume", "resume")
+    full, resumed = metrics["full"], metrics["resumed"]
+    assert metrics["world_size"] == 2
+    assert full["alpha"] == pytest.approx(0.5 + 2 * 0.25) and resumed["alpha"] == pytest.approx(full["alpha"])
+    assert metrics["resumed_params_diff"] < 1e-6
+    assert len(resumed["logs"]) == len(full["logs"]) == 6
+    for a, b in zip(resumed["logs"], full["logs"]):
+        for key in ("step", "loss", "loss_ce", "loss_margin", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
+    for key in ("eval_loss", "eval_loss_ce", "eval_loss_margin", "eval_accuracy", "eval_ece", "eval_nll"):
+        assert resumed[key] == pytest.approx(full[key], rel=1e-5, abs=1e-7), key
