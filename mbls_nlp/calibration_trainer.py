@@ -12,7 +12,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, Ev
 from .calibration import calibration_report
 from .calibration_config import CalibrationConfig
 from .loss_adapter import align_logits_and_labels, logits_from_outputs
-from .losses import build_loss
+from .losses import LOSS_REGISTRY, build_loss
 from .temperature import TemperatureScaler, unfold_temperature
 
 __all__ = ["CalibrationTrainer"]
@@ -227,8 +227,10 @@ class CalibrationTrainer(Trainer):
 
     def loss_description(self) -> str:
         """The loss and its hyper-parameters as text, e.g. `mbls (margin=10.0, alpha=0.1)`."""
-        hparams = {k: v for k, v in self.args.loss_kwargs().items() if k != "ignore_index"}
-        described = ", ".join(f"{k}={v}" for k, v in hparams.items() if v not in ("", None))
+        fields = LOSS_REGISTRY[self.args.loss_type].hparams  # config field -> loss keyword
+        if not getattr(self.args, "alpha_schedule", ""):  # a constant alpha: the schedule's settings are unused
+            fields = {f: k for f, k in fields.items() if not f.startswith("alpha_")}
+        described = ", ".join(f"{f}={getattr(self.args, f)}" for f in fields)
         return f"{self.args.loss_type} ({described})" if described else self.args.loss_type
 
     def _diagram_title(self, scaled: bool) -> str:

@@ -114,6 +114,13 @@ class DataArguments:
     #: The local-files flags a recipe suggests when its Hub dataset cannot be reached (e.g. the shared copy).
     local_files_hint: ClassVar[str] = "--train_file PATH --test_file PATH"
 
+    def describe_dataset(self) -> str:
+        """The data as the model card names it: the Hub dataset or local folder, or the local files."""
+        if self.train_file is not None:
+            return ", ".join(f"`{os.path.basename(f)}`" for f in (self.train_file, self.test_file) if f)
+        name = self.dataset_name or ""
+        return f"`{name}`" + (f" (`{self.dataset_config_name}`)" if self.dataset_config_name else "")
+
     def _from_hub(self) -> bool:
         return self.train_file is None and self.dataset_name is not None and not os.path.exists(self.dataset_name)
 

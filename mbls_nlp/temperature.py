@@ -286,8 +286,10 @@ def classification_head(model: nn.Module) -> nn.Linear | None:
     shared with the input embeddings.
     """
     num_labels = getattr(getattr(model, "config", None), "num_labels", None)
-    get_embeddings = getattr(model, "get_input_embeddings", None)
-    embeddings = get_embeddings() if callable(get_embeddings) else None
+    try:
+        embeddings = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):  # image models have none (transformers raises NotImplementedError)
+        embeddings = None
     for name in HEAD_NAMES:
         try:
             module = model.get_submodule(name)
