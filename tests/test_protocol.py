@@ -350,3 +350,30 @@ def test_processes_that_form_no_job_stop_with_a_clear_error(load_script, monkeyp
     monkeypatch.setattr(protocol, "_has_accelerator", lambda: False)
     with pytest.raises(ValueError, match="do not form one distributed job.*--use_cpu true"):
         recipe.parse_args(["--output_dir=unused", "--use_cpu=false"])
+
+
+def test_folded_image_model_is_calibrated_in_a_plain_pipeline(tmp_path):
+    from PIL import Image
+    from transformers import ResNetConfig, ResNetForImageClassification, pipeline
+    from transformers.models.vit import ViTImageProcessorPil
+
+    from mbls_nlp.temperature import temperature_folded
+
+    torch.manual_seed(0)
+    model = ResNetForImageClassification(
+        ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=4)
+    ).eval()
+    processor = ViTImageProcessorPil(size={"height": 32, "width": 32})
+    generator = np.random.default_rng(0)
+    images = [Image.fromarray(generator.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(3)]
+    with torch.no_grad():
+        raw = model(**processor(images, return_tensors="pt")).logits.double()
+    temperature = 0.4
+    with temperature_folded(model, temperature):
+        model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    classifier = pipeline("image-classification", model=str(tmp_path), top_k=None, device="cpu")
+    expected = torch.softmax(raw / temperature, dim=-1)
+    for scores, row in zip(classifier(images), expected):
+        by_label = {s["label"]: s["score"] for s in scores}
+        assert [by_label[model.config.id2label[i]] for i in range(4)] == pytest.approx(row.tolist(), abs=1e-6)
