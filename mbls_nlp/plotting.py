@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = ["reliability_diagram", "save_reliability_diagram"]
 
+#: Face colour of the gap bars (and of their legend swatch): #d62728 at 30% over white, opaque.
+GAP_COLOR = "#f3bebe"
 _INSTALL_HINT = 'Reliability diagrams need matplotlib: pip install "mbls-nlp[plot]"'
 
 
@@ -68,15 +70,15 @@ def _draw(
     ax_rel.plot([0, 1], [0, 1], linestyle="--", color="0.4", linewidth=1, label="Perfect calibration")
     ax_rel.bar(x, acc, width=w, align="edge", color="#1f77b4", edgecolor="black", linewidth=0.6, label="Accuracy")
     # The gap is drawn from the bin's accuracy to its mean confidence: above the bar when over-confident, inside
-    # it when under-confident, as in Guo et al. (2017), Figure 1.
+    # it when under-confident, as in Guo et al. (2017), Figure 1. Opaque (no alpha): a translucent gap blends with
+    # the accuracy bar under it, so the under-confident gaps would not have the colour of the legend's swatch.
     ax_rel.bar(
         x,
         [c - a for a, c in zip(acc, conf)],
         bottom=acc,
         width=w,
         align="edge",
-        color="#d62728",
-        alpha=0.3,
+        color=GAP_COLOR,
         edgecolor="#d62728",
         hatch="//",
         linewidth=0.6,

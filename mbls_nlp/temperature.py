@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,16 @@ from torch import nn
 from ._checks import check_choice, check_ignore_index, check_n_bins, check_real, non_finite_error, prepare
 from .calibration import expected_calibration_error
 
-__all__ = ["FIT_METHODS", "NLL_MAX_T", "NLL_MIN_T", "TemperatureScaler"]
+__all__ = [
+    "FIT_METHODS",
+    "NLL_MAX_T",
+    "NLL_MIN_T",
+    "TemperatureScaler",
+    "classification_head",
+    "fold_temperature",
+    "temperature_folded",
+    "unfold_temperature",
+]
 
 #: Valid values of `TemperatureScaler.fit(method=...)`.
 FIT_METHODS = ("nll", "ece_grid")
@@ -217,3 +227,151 @@ class TemperatureScaler(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self._temperature}"
+
+
+# ---- folding the temperature into a linear classification head ----
+
+#: Where classification models keep the linear layer that outputs their logits, most specific first:
+#: RoBERTa-like `classifier.out_proj`; BERT, DistilBERT, ViT, ConvNeXt, the text CNN `classifier` (ResNet: a
+#: `Sequential(Flatten, Linear)`); GPT-2/Llama-like `score`; timm-like `head` and `fc`.
+HEAD_NAMES = ("classifier.out_proj", "classifier", "score", "head", "fc")
+
+
+def classification_head(model: nn.Module) -> nn.Linear | None:
+    """The `nn.Linear` whose output is `model`'s logits, or `None` when there is none that can be folded.
+
+    Looked up under [`HEAD_NAMES`] (the last layer of a `Sequential` whose other layers have no parameters counts);
+    its `out_features` must equal `model.config.num_labels` when the model has a config, and its weight must not be
+    shared with the input embeddings.
+    """
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    try:
+        embeddings = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):  # image models have none (transformers raises NotImplementedError)
+        embeddings = None
+    for name in HEAD_NAMES:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if isinstance(module, nn.Sequential) and len(module) and all(not list(m.parameters()) for m in module[:-1]):
+            module = module[-1]
+        if not isinstance(module, nn.Linear) or (num_labels is not None and module.out_features != num_labels):
+            continue
+        if embeddings is not None and getattr(embeddings, "weight", None) is module.weight:
+            return None
+        return module
+    return None
+
+
+def _head_or_error(model: nn.Module) -> nn.Linear:
+    head = classification_head(model)
+    if head is None:
+        raise ValueError(
+            f"`model` ({type(model).__name__}) has no linear classification head to fold the temperature into: "
+            f"expected an nn.Linear with num_labels outputs under one of {HEAD_NAMES}. Divide its logits by "
+            "`config.calibration_temperature` instead."
+        )
+    return head
+
+
+def fold_temperature(model: nn.Module, temperature: float) -> nn.Module:
+    r"""
+    Fold temperature scaling into the model's linear classification head, in place: `(W x + b) / T = (W / T) x + b / T`
+    exactly, so that the plain model (any `transformers` code path: `pipeline(...)`, `model(**x).logits.softmax(-1)`)
+    gives the calibrated probabilities. Records `config.calibration_temperature = T` and
+    `config.calibration_temperature_folded = True`, so that the temperature is never applied twice; the unscaled
+    logits are the folded model's logits times `T` (or call [`unfold_temperature`]).
+
+    Args:
+        model (`torch.nn.Module`):
+            A classifier with a `config` (e.g. a transformers model) whose logits come out of a linear layer found by
+            [`classification_head`].
+        temperature (`float`):
+            The fitted temperature, positive.
+
+    Returns:
+        The same `model`.
+
+    Raises:
+        `ValueError`: when the model has no such head (then divide the logits by the temperature yourself), or
+        when the temperature is already folded.
+
+    Examples:
+
+    ```python
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> from mbls_nlp.temperature import fold_temperature
+    >>> model = torch.nn.Module()
+    >>> model.classifier, model.config = torch.nn.Linear(4, 3), SimpleNamespace(num_labels=3)
+    >>> x = torch.randn(2, 4)
+    >>> before = model.classifier(x)
+    >>> _ = fold_temperature(model, 2.0)
+    >>> torch.allclose(model.classifier(x), before / 2.0), model.config.calibration_temperature_folded
+    (True, True)
+
+    ```
+    """
+    temperature = _check_temperature(temperature)
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ValueError("`model` must have a `config` to record the folded temperature in.")
+    if getattr(config, "calibration_temperature_folded", False):
+        raise ValueError(
+            f"The temperature {getattr(config, 'calibration_temperature', None)} is already folded into `model`'s "
+            "head; call unfold_temperature(model) first."
+        )
+    head = _head_or_error(model)
+    with torch.no_grad():
+        head.weight.div_(temperature)
+        if head.bias is not None:
+            head.bias.div_(temperature)
+    config.calibration_temperature = temperature
+    config.calibration_temperature_folded = True
+    return model
+
+
+def unfold_temperature(model: nn.Module) -> nn.Module:
+    """Undo [`fold_temperature`] in place: multiply the head by `config.calibration_temperature` again (exact up to
+    float rounding) and set `config.calibration_temperature_folded = False`; the temperature stays recorded.
+
+    Returns:
+        The same `model` (unchanged when its temperature is not folded).
+    """
+    config = getattr(model, "config", None)
+    if not getattr(config, "calibration_temperature_folded", False):
+        return model
+    temperature = _check_temperature(config.calibration_temperature, "config.calibration_temperature")
+    head = _head_or_error(model)
+    with torch.no_grad():
+        head.weight.mul_(temperature)
+        if head.bias is not None:
+            head.bias.mul_(temperature)
+    config.calibration_temperature_folded = False
+    return model
+
+
+@contextmanager
+def temperature_folded(model: nn.Module, temperature: float) -> Iterator[bool]:
+    """Within the block, `model` has `temperature` folded into its head (see [`fold_temperature`]), e.g. to save
+    it calibrated; afterwards its head and config are exactly as before (the original tensors are copied back).
+
+    Yields:
+        `bool`: whether the temperature could be folded; `False` (and nothing changed) when the model has no
+        linear classification head, or it is already folded.
+    """
+    config = getattr(model, "config", None)
+    head = classification_head(model)
+    if head is None or config is None or getattr(config, "calibration_temperature_folded", False):
+        yield False
+        return
+    saved = [p.detach().clone() for p in (head.weight, head.bias) if p is not None]
+    fold_temperature(model, temperature)
+    try:
+        yield True
+    finally:
+        with torch.no_grad():
+            for parameter, original in zip([p for p in (head.weight, head.bias) if p is not None], saved):
+                parameter.copy_(original)
+        config.calibration_temperature_folded = False

@@ -38,7 +38,13 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from mbls_nlp import CalibrationTrainer
 from mbls_nlp.data import image_column_of, random_crop_and_flip
-from mbls_nlp.protocol import DataArguments, label_config, parse_recipe_args, train_calibrate_and_test
+from mbls_nlp.protocol import (
+    DataArguments,
+    HubUnreachableError,
+    label_config,
+    parse_recipe_args,
+    train_calibrate_and_test,
+)
 
 
 @dataclass
@@ -55,6 +61,10 @@ class ModelArguments:
 
 @dataclass
 class ImageDataArguments(DataArguments):
+    local_files_hint = (
+        "--train_file '../shared/data/cifar10/train-*.parquet' --test_file ../shared/data/cifar10/test.parquet "
+        "(CIFAR-10 as Parquet files in the Hub schema, see recipes/README.md)"
+    )
     image_column: str | None = field(default=None, metadata={"help": "Column holding the images; default: the first."})
     crop_padding: int = field(
         default=4, metadata={"help": "Train-time augmentation: random crop after zero padding of this many pixels."}
@@ -114,10 +124,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=processor,
     )
     output = train_calibrate_and_test(
-        trainer, data["validation"], data["test"], search_args, save_predictions=data_args.save_predictions
+        trainer,
+        data["validation"],
+        data["test"],
+        search_args,
+        save_predictions=data_args.save_predictions,
+        dataset_name=data_args.describe_dataset(),
+        model_card_kwargs={"tasks": "image-classification"},
     )
     return output.metrics
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except HubUnreachableError as error:
+        sys.exit(f"error: {error}")  # one line, no traceback: the message says what to pass

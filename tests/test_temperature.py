@@ -1,6 +1,7 @@
 import doctest
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -294,3 +295,81 @@ def test_nll_fit_stays_in_range_for_chance_level_predictions(caplog):
     assert "outside" in caplog.text
     # the arg-max (accuracy) is unchanged by the bounded temperature
     assert torch.equal(scaler(logits).argmax(1), logits.argmax(1))
+
+
+# ---- folding the temperature into the classification head (issue 13) ----
+
+
+def _tiny_bert(num_labels=3):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16, num_labels=num_labels)  # fmt: skip
+    return BertForSequenceClassification(config).eval()
+
+
+def test_fold_temperature_divides_the_logits_exactly_and_unfolds():
+    from mbls_nlp.temperature import fold_temperature, unfold_temperature
+
+    model = _tiny_bert()
+    x = torch.randint(1, 30, (4, 6))
+    with torch.no_grad():
+        raw = model(input_ids=x).logits.double()
+        fold_temperature(model, 2.5)
+        folded = model(input_ids=x).logits.double()
+        # (W x + b) / T = (W / T) x + b / T, up to float32 rounding
+        torch.testing.assert_close(folded, raw / 2.5, rtol=1e-6, atol=1e-6)
+        assert model.config.calibration_temperature == 2.5 and model.config.calibration_temperature_folded
+        with pytest.raises(ValueError, match="already folded"):
+            fold_temperature(model, 2.5)
+        unfold_temperature(model)
+        torch.testing.assert_close(model(input_ids=x).logits.double(), raw, rtol=1e-6, atol=1e-6)
+    assert model.config.calibration_temperature_folded is False
+
+
+def test_temperature_folded_restores_the_head_bit_for_bit():
+    from mbls_nlp.temperature import classification_head, temperature_folded
+
+    model = _tiny_bert()
+    before = classification_head(model).weight.detach().clone()
+    with temperature_folded(model, 3.0) as folded:
+        assert folded and model.config.calibration_temperature_folded
+        torch.testing.assert_close(classification_head(model).weight, before / 3.0)
+    assert torch.equal(classification_head(model).weight, before)
+    assert model.config.calibration_temperature_folded is False
+
+
+def test_classification_head_of_common_layouts():
+    from transformers import (
+        ResNetConfig,
+        ResNetForImageClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
+
+    from mbls_nlp.temperature import classification_head, fold_temperature
+
+    roberta = RobertaForSequenceClassification(
+        RobertaConfig(
+            vocab_size=30,
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=16,
+            num_labels=4,
+        )  # fmt: skip
+    )
+    assert classification_head(roberta) is roberta.classifier.out_proj  # after the dense + tanh layer
+    resnet = ResNetForImageClassification(
+        ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], layer_type="basic", num_labels=5)
+    )
+    assert classification_head(resnet) is resnet.classifier[1]  # Sequential(Flatten, Linear)
+    bare = torch.nn.Module()
+    bare.config = SimpleNamespace(num_labels=3)
+    bare.classifier = torch.nn.Conv1d(4, 3, 1)  # not a linear layer: nothing to fold
+    assert classification_head(bare) is None
+    with pytest.raises(ValueError, match="no linear classification head"):
+        fold_temperature(bare, 2.0)
+    with pytest.raises(ValueError, match="temperature"):
+        fold_temperature(_tiny_bert(), -1.0)

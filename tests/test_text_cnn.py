@@ -415,3 +415,43 @@ def test_word_tokenizer_on_real_messages_is_deterministic_and_round_trips(newsgr
     assert reloaded(sample, **kwargs) == tok(sample, **kwargs)
     assert reloaded.model_max_length == 64 and reloaded.truncation_side == "left"
     assert all(len(ids) == 64 for ids in tok(sample, **kwargs)["input_ids"])
+
+
+def test_saved_text_cnn_loads_with_plain_transformers_in_a_fresh_process(tmp_path):
+    # issue 13: the config carries auto_map and the code files lie beside the weights (register_for_auto_class), so
+    # a process that never imports mbls_nlp loads the model with trust_remote_code=True.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from mbls_nlp.models import TextCNNConfig, TextCNNForSequenceClassification
+
+    torch.manual_seed(0)
+    model = TextCNNForSequenceClassification(TextCNNConfig(vocab_size=50, embedding_dim=8, num_filters=4,
+                                                           hidden_size=6, num_labels=3)).eval()  # fmt: skip
+    model.save_pretrained(tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForSequenceClassification"].endswith("TextCNNForSequenceClassification")
+    assert {"modeling_text_cnn.py", "configuration_text_cnn.py"} <= set(os.listdir(tmp_path / "model"))
+    input_ids = torch.randint(2, 50, (2, 30), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(input_ids=input_ids).logits
+    torch.save(input_ids, tmp_path / "input_ids.pt")
+    script = f"""
+import sys, torch
+from transformers import AutoModelForSequenceClassification
+model = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+assert "mbls_nlp" not in sys.modules, "mbls_nlp was imported"
+with torch.no_grad():
+    logits = model(input_ids=torch.load({str(tmp_path / "input_ids.pt")!r})).logits
+torch.save(logits, {str(tmp_path / "logits.pt")!r})
+print(type(model).__module__)
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    env.pop("PYTHONPATH", None)  # nothing on the path leads to this checkout's mbls_nlp
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mbls_nlp" not in result.stdout  # the class comes from the copied files, not from the package
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, rtol=0, atol=0)

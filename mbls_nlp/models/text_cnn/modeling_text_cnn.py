@@ -358,6 +358,14 @@ def load_pretrained_embeddings(
     return model
 
 
+# Saved text CNNs carry `auto_map` in their config and these code files beside their weights, so that
+# `AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)` loads them with plain
+# transformers, without mbls_nlp installed (issue 13). This file and configuration_text_cnn.py must therefore import
+# nothing but torch, transformers and each other.
+TextCNNConfig.register_for_auto_class()
+TextCNNModel.register_for_auto_class("AutoModel")
+TextCNNForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+
 __all__ = [
     "TextCNNModel",
     "TextCNNForSequenceClassification",
