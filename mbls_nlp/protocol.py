@@ -74,10 +74,17 @@ class DataArguments:
         },
     )
 
-    def load_splits(self, training_args: CalibrationConfig):
+    def load_splits(
+        self,
+        training_args: CalibrationConfig,
+        text_column: str | None = None,
+        image_column: str | None = None,
+        check_images: bool = False,
+    ):
         """`train`, `validation` and `test` with a `ClassLabel` label column (see
         [`~mbls_nlp.data.load_classification_splits`]), loaded by the main process first and seeded by
-        `training_args.seed`."""
+        `training_args.seed`. The labels, and the recipe's input column (`text_column`, `image_column`; every image
+        decoded once with `check_images`), are checked here, so that bad data fails before any model loads."""
         with training_args.main_process_first(desc="loading the dataset"):
             return load_classification_splits(
                 self.dataset_name,
@@ -92,6 +99,9 @@ class DataArguments:
                 max_eval_samples=self.max_eval_samples,
                 max_test_samples=self.max_test_samples,
                 test_split_name=self.test_split_name,
+                text_column=text_column,
+                image_column=image_column,
+                check_images=check_images,
             )
 
 
