@@ -170,11 +170,11 @@ def load_newsgroups(data_dir: str | os.PathLike, cache_dir: str | os.PathLike | 
     ```
     """
     data_dir = Path(data_dir)
-    ds = load_local_dataset(
-        train_file=data_dir / "train.jsonl.gz", test_file=data_dir / "test.jsonl.gz", cache_dir=cache_dir
-    )
-    # The same label mapping as every recipe's (`load_classification_splits`), without carving a validation split.
-    return as_class_label(ds, "label")
+    files = {split: data_dir / f"{split}.jsonl.gz" for split in ("train", "test")}
+    ds = load_local_dataset(train_file=files["train"], test_file=files["test"], cache_dir=cache_dir)
+    # The same label mapping and checks as every recipe's (`load_classification_splits`), without carving a
+    # validation split.
+    return as_class_label(ds, "label", sources={split: f"file {str(path)!r}" for split, path in files.items()})
 
 
 __all__ = ["NEWSGROUPS_CLEANUP_MODES", "clean_newsgroups", "clean_newsgroups_text", "load_newsgroups"]

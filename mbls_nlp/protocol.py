@@ -130,10 +130,17 @@ class DataArguments:
             f"{self.local_files_hint}"
         )
 
-    def load_splits(self, training_args: CalibrationConfig):
+    def load_splits(
+        self,
+        training_args: CalibrationConfig,
+        text_column: str | None = None,
+        image_column: str | None = None,
+        check_images: bool = False,
+    ):
         """`train`, `validation` and `test` with a `ClassLabel` label column (see
         [`~mbls_nlp.data.load_classification_splits`]), loaded by the main process first and seeded by
-        `training_args.seed`.
+        `training_args.seed`. The labels, and the recipe's input column (`text_column`, `image_column`; every image
+        decoded once with `check_images`), are checked here, so that bad data fails before any model loads.
 
         Raises:
             [`HubUnreachableError`]: within seconds, when the data comes from the Hub and the Hub does not answer
@@ -147,12 +154,12 @@ class DataArguments:
             if not constants.HF_HUB_OFFLINE and not _hub_reachable():
                 raise self._unreachable(f"{constants.ENDPOINT} does not answer")
             try:
-                return self._load(training_args)
+                return self._load(training_args, text_column, image_column, check_images)
             except ConnectionError as error:  # datasets' offline cache miss and failed requests are ConnectionErrors
                 raise self._unreachable(str(error).splitlines()[0] if str(error) else type(error).__name__) from error
-        return self._load(training_args)
+        return self._load(training_args, text_column, image_column, check_images)
 
-    def _load(self, training_args: CalibrationConfig):
+    def _load(self, training_args, text_column=None, image_column=None, check_images=False):
         with training_args.main_process_first(desc="loading the dataset"):
             return load_classification_splits(
                 self.dataset_name,
@@ -167,6 +174,9 @@ class DataArguments:
                 max_eval_samples=self.max_eval_samples,
                 max_test_samples=self.max_test_samples,
                 test_split_name=self.test_split_name,
+                text_column=text_column,
+                image_column=image_column,
+                check_images=check_images,
             )
 
 

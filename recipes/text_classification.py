@@ -256,7 +256,7 @@ def load_tokenizer_and_model_init(model_args: ModelArguments, data_args: TextDat
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_args, data_args, search_args, training_args = parse_args(argv)
-    raw = data_args.load_splits(training_args)
+    raw = data_args.load_splits(training_args, text_column=data_args.text_column)
     with training_args.main_process_first(desc="cleaning"):
         raw = clean_newsgroups(raw, data_args.newsgroups_cleanup, text_column=data_args.text_column)
     labels = label_config(raw["train"].features[data_args.label_column].names)

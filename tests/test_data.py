@@ -2,6 +2,7 @@
 
 import collections
 import gzip
+import io
 import json
 from pathlib import Path
 
@@ -227,3 +228,255 @@ def test_classification_splits_from_an_image_folder_tested_on_its_validation_spl
     assert (raw["train"].num_rows, raw["validation"].num_rows, raw["test"].num_rows) == (16, 4, 6)
     assert raw["test"].features["label"].names == ["cat", "dog"]
     assert image_column_of(raw["test"]) == "image"
+
+
+# --- data errors: nothing silent, a ValueError naming the file before training (issue 14) ------------------------
+
+
+def _rows(labels):
+    return [{"text": f"message {i}", "label": label} for i, label in enumerate(labels)]
+
+
+TRAIN_LABELS = [0, 1, 2] * 10  # three classes, ten rows each
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_a_label_outside_the_train_classes_names_split_file_row_and_value(tmp_path, split):
+    _write(tmp_path / "train.jsonl", _rows(TRAIN_LABELS))
+    files = {"validation": _rows([0, 1, 2, 0]), "test": _rows([2, 1, 0, 1])}
+    files[split][3]["label"] = 25  # one stray label: it used to become a 26th class
+    for name, rows in files.items():
+        _write(tmp_path / f"{name}.jsonl", rows)
+    with pytest.raises(
+        ValueError, match=rf"not classes of the train split in the {split} split \(file .*{split}\.jsonl"
+    ):
+        load_classification_splits(
+            train_file=tmp_path / "train.jsonl",
+            validation_file=tmp_path / "validation.jsonl",
+            test_file=tmp_path / "test.jsonl",
+        )
+    with pytest.raises(ValueError, match=r"\[25\] at row 3 \(0-based\); the classes are the ids 0\.\.2"):
+        load_classification_splits(
+            train_file=tmp_path / "train.jsonl",
+            validation_file=tmp_path / "validation.jsonl",
+            test_file=tmp_path / "test.jsonl",
+        )
+
+
+def test_stray_train_labels_are_not_new_classes(tmp_path):
+    labels = list(TRAIN_LABELS)
+    labels[4] = labels[17] = 25  # two training rows: ids 3..24 would be empty classes
+    _write(tmp_path / "train.jsonl", _rows(labels))
+    _write(tmp_path / "test.jsonl", _rows([0, 1, 2]))
+    with pytest.raises(
+        ValueError,
+        match=r"train split \(file .*train\.jsonl'\).*ids \[3, 4, 5, 6, 7, 8, 9, 10, 11, 12\] "
+        r"have no row while \[25\] occur, at rows 4, 17 \(0-based\)",
+    ):
+        load_classification_splits(train_file=tmp_path / "train.jsonl", test_file=tmp_path / "test.jsonl")
+
+
+def test_string_labels_of_other_splits_must_be_train_classes(tmp_path):
+    names = ["cat", "dog", "eel"]
+    _write(tmp_path / "train.csv", _rows([names[i] for i in TRAIN_LABELS]))
+    _write(tmp_path / "test.csv", _rows(["dog", "cat", "cow", "eel", "cow"]))
+    with pytest.raises(
+        ValueError,
+        match=r"test split \(file .*test\.csv'\): \['cow'\] at rows 2, 4 \(0-based\); "
+        r"the classes are \['cat', 'dog', 'eel'\]",
+    ):
+        load_classification_splits(train_file=tmp_path / "train.csv", test_file=tmp_path / "test.csv")
+
+
+def test_given_label_names_bound_every_split(tmp_path):
+    # Parquet written by `datasets` carries the ClassLabel names; a value beyond them, or -1 (unlabelled), is refused.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["a", "b"])})
+
+    def write(name, labels):  # through Arrow: `datasets` itself refuses to encode a label beyond the names
+        pq.write_table(pa.Table.from_pylist(_rows(labels), schema=features.arrow_schema), tmp_path / name)
+
+    write("train.parquet", [0, 1] * 10)
+    for bad in (2, -1):
+        write("test.parquet", [0, bad, 1])
+        with pytest.raises(
+            ValueError, match=rf"test split .*\[{bad}\] at row 1 \(0-based\); the classes are the ids 0\.\.1"
+        ):
+            load_classification_splits(train_file=tmp_path / "train.parquet", test_file=tmp_path / "test.parquet")
+    write("test.parquet", [1, 0])
+    splits = load_classification_splits(train_file=tmp_path / "train.parquet", test_file=tmp_path / "test.parquet")
+    assert splits["test"].features["label"].names == ["a", "b"] and list(splits["test"]["label"]) == [1, 0]
+
+
+@pytest.mark.parametrize("filename", ["train.jsonl", "train.csv"])
+def test_a_null_label_names_its_row(tmp_path, filename):
+    rows = _rows(TRAIN_LABELS)
+    rows[5]["label"] = None  # a CSV cell left empty; JSON null
+    _write(tmp_path / filename, rows)
+    _write(tmp_path / "test.jsonl", _rows([0, 1]))
+    with pytest.raises(
+        ValueError,
+        match=rf"`label_column` 'label' is null in the train split \(file .*{filename}'\) "
+        r"at row 5 \(0-based\)",
+    ):
+        load_classification_splits(train_file=tmp_path / filename, test_file=tmp_path / "test.jsonl")
+
+
+def test_the_text_column_must_hold_strings_without_nulls(tmp_path):
+    _write(tmp_path / "train.jsonl", _rows(TRAIN_LABELS))
+    rows = _rows([0, 1, 2])
+    rows[2]["text"] = None
+    _write(tmp_path / "test.jsonl", rows)
+    files = {"train_file": tmp_path / "train.jsonl", "test_file": tmp_path / "test.jsonl"}
+    with pytest.raises(
+        ValueError, match=r"`text_column` 'text' is null in the test split \(file .*test\.jsonl'\) at row 2"
+    ):
+        load_classification_splits(**files, text_column="text")
+    with pytest.raises(
+        ValueError, match=r"`text_column` 'label' must hold strings; the train split .* holds Value\('int64'\)"
+    ):
+        load_classification_splits(**files, text_column="label")
+    with pytest.raises(ValueError, match=r"`text_column` 'body' is not a column of the train split"):
+        load_classification_splits(**files, text_column="body")
+    # A field whose type changes from line to line (`datasets` reads it as a `Json` feature): where each type is.
+    rows = _rows(TRAIN_LABELS)
+    rows[6]["label"], rows[8]["text"] = "two", 8
+    _write(tmp_path / "mixed.jsonl", rows)
+    mixed = {"train_file": tmp_path / "mixed.jsonl", "test_file": tmp_path / "test.jsonl"}
+    with pytest.raises(
+        ValueError,
+        match=r"`label_column` 'label' must hold integers or strings; the train split "
+        r"\(file .*mixed\.jsonl'\) holds values of mixed types: int at rows 0, 1, 2, 3, 4, \.\.\. "
+        r"\(29 in all\) \(0-based\); str at row 6 \(0-based\)",
+    ):
+        load_classification_splits(**mixed)
+    with pytest.raises(ValueError, match=r"`text_column` 'text' must hold strings; .* int at row 8 \(0-based\)"):
+        load_classification_splits(**mixed, text_column="text")
+
+
+@pytest.mark.parametrize("filename", ["e.csv", "e.jsonl", "e.json", "e.jsonl.gz", "e.parquet"])
+def test_an_empty_file_is_named(tmp_path, filename):
+    (tmp_path / filename).write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"`test_file` cannot be read: '.*{filename}': the file is empty"):
+        load_local_dataset(test_file=tmp_path / filename, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize(
+    ("filename", "payload"), [("h.csv", b"text,label\n"), ("b.jsonl", b"\n\n"), ("l.json", b"[]")]
+)
+def test_a_file_without_rows_is_named(tmp_path, filename, payload):
+    (tmp_path / filename).write_bytes(payload)
+    with pytest.raises(ValueError, match=rf"`train_file` .*'.*{filename}'.* no rows"):
+        load_local_dataset(train_file=tmp_path / filename, cache_dir=tmp_path / "cache")
+
+
+def _gzipped_rows(n=400):
+    return gzip.compress("".join(json.dumps(r) + "\n" for r in _rows([i % 3 for i in range(n)])).encode())
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[: len(data) // 2],  # truncated: EOFError
+        lambda data: data[:100] + bytes([data[100] ^ 0xFF]) + data[101:],  # a flipped byte: zlib.error
+        lambda data: data[:-8] + bytes([data[-8] ^ 1]) + data[-7:],  # a flipped CRC bit: BadGzipFile
+    ],
+    ids=["truncated", "flipped-data", "flipped-crc"],
+)
+def test_a_damaged_gzip_file_is_named(tmp_path, damage):
+    (tmp_path / "train.jsonl.gz").write_bytes(damage(_gzipped_rows()))
+    with pytest.raises(ValueError, match=r"`train_file` cannot be read: '.*train\.jsonl\.gz': not a valid gzip file"):
+        load_local_dataset(train_file=tmp_path / "train.jsonl.gz", cache_dir=tmp_path / "cache")
+
+
+def test_a_bad_json_line_is_named(tmp_path):
+    lines = [json.dumps(r) for r in _rows(TRAIN_LABELS)]
+    lines[6] = '{"text": "cut short", "label": '  # 31 characters: the value is missing at column 32 of line 7
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        ValueError, match=r"'.*train\.jsonl': line 7 is not valid JSON \(Expecting value at column 32\)"
+    ):
+        load_local_dataset(train_file=tmp_path / "train.jsonl", cache_dir=tmp_path / "cache")
+    (tmp_path / "train.json").write_text('[{"text": "a", "label": 0},\n {"text": "b" "label": 1}]')
+    # Line 2 is ' {"text": "b" "label": 1}]': the comma is missing before column 15 (1-based), the second quote.
+    with pytest.raises(ValueError, match=r"'.*train\.json': invalid JSON at line 2, column 15: Expecting ','"):
+        load_local_dataset(train_file=tmp_path / "train.json", cache_dir=tmp_path / "cache")
+
+
+def test_a_corrupted_parquet_file_is_named(tmp_path):
+    pd.DataFrame(_rows(TRAIN_LABELS)).to_parquet(tmp_path / "train.parquet")
+    data = (tmp_path / "train.parquet").read_bytes()
+    (tmp_path / "train.parquet").write_bytes(data[: len(data) - 20])  # the footer cut off
+    with pytest.raises(ValueError, match=r"'.*train\.parquet': not a valid Parquet file"):
+        load_local_dataset(train_file=tmp_path / "train.parquet", cache_dir=tmp_path / "cache")
+
+
+def test_image_column_must_hold_images():
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.Value("int64")})
+    ds = datasets.Dataset.from_dict({"img": [], "label": []}, features=features)
+    with pytest.raises(ValueError, match=r"`image_column` 'label' holds Value\('int64'\), not images .* \['img'\]"):
+        image_column_of(ds, "label")
+    pixels = datasets.Dataset.from_dict({"px": [np.zeros((2, 2, 3), dtype=np.uint8).tolist()]})
+    assert image_column_of(pixels, "px") == "px"  # pixel arrays are images too
+
+
+def _png(rng):
+    import PIL.Image
+
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _image_parquet(path, n, bad_row=None, bad=b""):
+    rng = np.random.default_rng(0)
+    images = [{"bytes": _png(rng), "path": None} for _ in range(n)]
+    if bad_row is not None:
+        images[bad_row] = {"bytes": bad, "path": None}
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    datasets.Dataset.from_dict({"img": images, "label": [i % 2 for i in range(n)]}, features=features).to_parquet(path)
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [lambda png: b"not an image at all", lambda png: png[: len(png) // 2]],  # UnidentifiedImageError; truncated
+    ids=["garbage", "truncated"],
+)
+def test_a_corrupted_image_is_named_by_file_and_row_before_training(tmp_path, corrupt):
+    pytest.importorskip("PIL.Image")
+    _image_parquet(tmp_path / "train.parquet", 20)
+    _image_parquet(tmp_path / "test.parquet", 6, bad_row=3, bad=corrupt(_png(np.random.default_rng(1))))
+    files = {"train_file": tmp_path / "train.parquet", "test_file": tmp_path / "test.parquet"}
+    splits = load_classification_splits(**files)  # without the check, the bad image waits for training
+    assert splits["test"].num_rows == 6
+    with pytest.raises(
+        ValueError,
+        match=r"`image_column` 'img': an image of the test split cannot be decoded "
+        r"\((UnidentifiedImageError|OSError).*row 3 \(0-based\) of the test split \(file .*test\.parquet'\)",
+    ):
+        load_classification_splits(**files, check_images=True)
+    # In train, carved into train or validation: named by its row in the train file.
+    _image_parquet(tmp_path / "train.parquet", 20, bad_row=13, bad=corrupt(_png(np.random.default_rng(1))))
+    _image_parquet(tmp_path / "test.parquet", 6)
+    with pytest.raises(ValueError, match=r"row 13 \(0-based\) of the train split \(file .*train\.parquet'\)"):
+        load_classification_splits(**files, check_images=True, validation_split_percentage=50)
+
+
+def test_a_corrupted_image_file_of_an_image_folder_is_named(tmp_path):
+    PIL = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(4):
+                PIL.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                    tmp_path / split / name / f"{i}.png"
+                )
+    good = load_classification_splits(str(tmp_path), check_images=True, validation_split_percentage=50)
+    assert good["test"].num_rows == 8
+    bad = tmp_path / "test" / "dog" / "2.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    with pytest.raises(ValueError, match=rf"an image of the test split cannot be decoded .* the image file '{bad}'"):
+        load_classification_splits(str(tmp_path), check_images=True, validation_split_percentage=50)

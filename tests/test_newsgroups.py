@@ -67,3 +67,24 @@ def test_load_newsgroups_names_the_labels(newsgroups):
     assert names[0] == "alt.atheism" and names[-1] == "talk.religion.misc"
     row = newsgroups["test"][100]
     assert names[row["label"]] == row["label_text"]
+
+
+def test_load_newsgroups_checks_the_labels_against_train(tmp_path):
+    import gzip
+    import json
+
+    from mbls_nlp.newsgroups import load_newsgroups
+
+    def write(split, labels):
+        rows = [{"text": f"m{i}", "label": y, "label_text": f"group.{y}"} for i, y in enumerate(labels)]
+        (tmp_path / f"{split}.jsonl.gz").write_bytes(
+            gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode())
+        )
+
+    write("train", [0, 1, 2] * 3)
+    write("test", [2, 1, 25])  # a class train lacks
+    with pytest.raises(ValueError, match=r"the test split \(file '.*test\.jsonl\.gz'\): \[25\] at row 2 \(0-based\)"):
+        load_newsgroups(tmp_path, cache_dir=tmp_path / "cache")
+    write("test", [2, 1, 0])
+    ds = load_newsgroups(tmp_path, cache_dir=tmp_path / "cache")
+    assert ds["test"].features["label"].names == ["group.0", "group.1", "group.2"]

@@ -236,3 +236,75 @@ def test_compare_losses_rejects_bad_arguments(tmp_path, load_script):
         compare_losses.parse_args([f"--output_dir={tmp_path}", "--loss_types=ce,hinge"])
     with pytest.raises(ValueError, match="--loss_type"):
         compare_losses.parse_args([f"--output_dir={tmp_path}", "--", "--loss_type=ce"])
+
+
+# --- bad data fails before training, through the recipes (issue 14), in-process on tiny files ---------------------
+
+TINY_TRAIN = ["--num_train_epochs=1", "--per_device_train_batch_size=8", "--save_strategy=no", "--disable_tqdm=true"]
+TINY_TRAIN += ["--save_reliability_diagrams=false", "--seed=0"]
+
+
+def _jsonl(path: Path, labels: list, text_column: str = "text") -> Path:
+    path.write_text(
+        "".join(json.dumps({text_column: f"word{i % 5} word{i % 3}", "label": y}) + "\n" for i, y in enumerate(labels))
+    )
+    return path
+
+
+def test_text_recipe_refuses_a_stray_label_and_a_non_text_column_before_training(tmp_path, load_script):
+    recipe = load_script("recipes/text_classification.py")
+    train = _jsonl(tmp_path / "train.jsonl", [0, 1, 2] * 10)
+    test = _jsonl(tmp_path / "test.jsonl", [0, 1, 25, 2])  # 25: a class train does not have
+    base = [f"--train_file={train}", f"--test_file={test}", "--max_seq_length=8", "--embedding_dim=4", *TINY_TRAIN]
+    with pytest.raises(ValueError, match=r"the test split \(file .*test\.jsonl'\): \[25\] at row 2 \(0-based\)"):
+        recipe.main([*base, f"--output_dir={tmp_path / 'out'}"])
+    _jsonl(test, [0, 1, 2, 2])
+    with pytest.raises(ValueError, match=r"`text_column` 'label' must hold strings"):
+        recipe.main([*base, "--text_column=label", f"--output_dir={tmp_path / 'out'}"])
+    assert not (tmp_path / "out").exists()  # nothing was trained or written
+
+
+def _image_parquet(path: Path, n: int, bad_row: int | None = None) -> Path:
+    import io
+
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(n):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+        data = buffer.getvalue()
+        images.append({"bytes": data[: len(data) // 2] if i == bad_row else data, "path": None})  # truncated
+    features = datasets.Features(
+        {"img": datasets.Image(), "label": datasets.ClassLabel(names=[str(c) for c in range(10)])}
+    )
+    datasets.Dataset.from_dict({"img": images, "label": [i % 10 for i in range(n)]}, features=features).to_parquet(
+        path
+    )
+    return path
+
+
+@pytest.mark.parametrize("tiny_image_folder", ["resnet"], indirect=True)
+def test_image_recipe_refuses_a_corrupted_image_before_training(tmp_path, tiny_image_folder, load_script):
+    pytest.importorskip("PIL")
+    recipe = load_script("recipes/image_classification.py")
+    train = _image_parquet(tmp_path / "train.parquet", 40)
+    test = _image_parquet(tmp_path / "test.parquet", 10, bad_row=7)
+    base = [f"--train_file={train}", f"--test_file={test}", f"--model_name_or_path={tiny_image_folder}", *TINY_TRAIN]
+    base += ["--validation_split_percentage=25"]  # 10 of 40 rows: one per class
+    with pytest.raises(
+        ValueError,
+        match=r"an image of the test split cannot be decoded \(OSError: Truncated File Read\); it is "
+        r"row 7 \(0-based\) of the test split \(file .*test\.parquet'\)",
+    ):
+        recipe.main([*base, f"--output_dir={tmp_path / 'bad'}"])
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError, match=r"`image_column` 'label' holds ClassLabel"):
+        recipe.main([*base, "--image_column=label", f"--output_dir={tmp_path / 'bad'}"])
+    # The same data without the bad image passes the check and trains.
+    _image_parquet(test, 10)
+    results = recipe.main([*base, f"--output_dir={tmp_path / 'good'}"])
+    assert 0.0 <= results["test_accuracy"] <= 1.0 and (tmp_path / "good" / "all_results.json").is_file()
