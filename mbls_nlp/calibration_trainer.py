@@ -21,15 +21,22 @@ LOSS_STATE_NAME = "calibration_loss.pt"
 
 
 class _AlphaScheduleCallback(TrainerCallback):
-    """Advance the loss's alpha schedule at each epoch end, as the reference training loop does."""
+    """Advance the loss's alpha schedule and CALS multipliers at each epoch end, as the reference training loops do."""
 
     def __init__(self, trainer: CalibrationTrainer):
         self.trainer = trainer
 
     def on_epoch_end(self, args, state, control, **kwargs):
+        epoch = round(state.epoch) - 1  # the 0-based index of the epoch that just ended
         schedule_alpha = getattr(self.trainer.loss_fn, "schedule_alpha", None)
         if schedule_alpha is not None:
-            schedule_alpha(round(state.epoch) - 1)  # the 0-based index of the epoch that just ended
+            schedule_alpha(epoch)
+        # DefaultFlowCallback (called before this one) has decided whether an evaluation follows right now; if so the
+        # multiplier update waits for it, so that the rho update can use its validation statistics.
+        self.trainer._end_epoch_multipliers(epoch, defer=bool(control.should_evaluate))
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.trainer._apply_pending_multiplier_update()
 
 
 class CalibrationTrainer(Trainer):
@@ -48,7 +55,12 @@ class CalibrationTrainer(Trainer):
     - Every evaluation/prediction reports `accuracy, ece, aece, cece, mce, nll, brier` (see
       `mbls_nlp.calibration.calibration_report`), merged with a user `compute_metrics`; after
       [`~CalibrationTrainer.fit_temperature`] also the same metrics on temperature-scaled logits as `ts_*`.
-    - The loss state (alpha schedule) is saved in checkpoints and restored by `resume_from_checkpoint`; the fitted
+    - CALS (`loss_type="cals"`): the per-class multipliers are updated at each epoch end from the statistics of the
+      epoch's training batches summed over all processes, and `rho` from the mean constraint of the evaluation that
+      follows the epoch end (`eval_strategy="epoch"`; its first evaluation set), or of the training batches when no
+      evaluation follows. Each update logs `cals_lambda_mean`, `cals_lambda_max`, `cals_rho`, `cals_rho_max`.
+    - The loss state (alpha schedule, CALS multipliers and the running statistics of the current epoch, summed over
+      processes) is saved in checkpoints and restored by `resume_from_checkpoint`; the fitted
       temperature is stored in `model.config.calibration_temperature`, so it is saved with the model.
 
     Args:
@@ -92,6 +104,8 @@ class CalibrationTrainer(Trainer):
         self._parts = {"train": {}, "eval": {}}  # mode -> part name -> running (weighted) sum
         self._eval_count = torch.zeros((), dtype=torch.float64)
         self._parts_last_step = 0
+        self._pending_multiplier_epoch: int | None = None  # CALS: an epoch-end update waiting for its evaluation
+        self._eval_statistics: dict[str, torch.Tensor] | None = None
 
     # ---- loss ----
 
@@ -123,6 +137,7 @@ class CalibrationTrainer(Trainer):
             raise ValueError("CalibrationTrainer needs `labels` in every batch to compute the calibration loss.")
         outputs = model(**inputs)
         logits, labels = align_logits_and_labels(logits_from_outputs(outputs), labels)
+        self.loss_fn.train(model.training)  # CALS accumulates its epoch statistics from training forwards only
         loss_sum = self.loss_fn(logits, labels)
         if num_items_in_batch is None:
             num_items_in_batch = self._get_num_items_in_batch([{"labels": labels}], labels.device)
@@ -143,6 +158,9 @@ class CalibrationTrainer(Trainer):
             buffer[name] = buffer[name] + value if name in buffer else value
         if not training:
             self._eval_count = self._eval_count.to(labels.device) + (labels != self.args.loss_ignore_index).sum()
+            if self._eval_statistics is not None:
+                for name, value in self.loss_fn.last_statistics.items():
+                    self._eval_statistics[name] = self._eval_statistics.get(name, 0) + value
 
     def _pop_parts(self, mode: str, divisor: torch.Tensor | float) -> dict[str, float]:
         buffer = self._parts[mode]
@@ -165,6 +183,9 @@ class CalibrationTrainer(Trainer):
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval") -> EvalLoopOutput:  # fmt: skip
         self._metric_prefix = metric_key_prefix
+        # Validation statistics for a pending CALS update: only the evaluation that follows the epoch end.
+        collect = self._pending_multiplier_epoch is not None and metric_key_prefix.startswith("eval")
+        self._eval_statistics = {} if collect else None
         self._parts["eval"], self._eval_count = {}, torch.zeros((), dtype=torch.float64)
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         count = self._eval_count.to(self.args.device)
@@ -174,17 +195,68 @@ class CalibrationTrainer(Trainer):
         output.metrics.update({f"{metric_key_prefix}_{name}": value for name, value in parts.items()})
         return output
 
+    # ---- CALS multipliers (the maths is ClassAdaptiveLoss.update_multipliers; here only gathering and timing) ----
+
+    def _sum_over_processes(self, statistics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.accelerator.num_processes == 1:
+            return dict(statistics)
+        names = list(statistics)
+        device = self.args.device
+        flat = torch.cat([statistics[name].to(device, torch.float64).reshape(-1) for name in names])
+        flat = self.accelerator.reduce(flat, reduction="sum")
+        sizes = [statistics[name].numel() for name in names]
+        return {name: part.reshape(statistics[name].shape) for name, part in zip(names, flat.split(sizes))}
+
+    def _end_epoch_multipliers(self, epoch: int, defer: bool) -> None:
+        if not hasattr(self.loss_fn, "update_multipliers"):
+            return
+        if defer:
+            self._pending_multiplier_epoch = epoch
+        else:
+            self._update_multipliers(epoch, validation=None)
+
+    def _apply_pending_multiplier_update(self) -> None:
+        if self._pending_multiplier_epoch is None:
+            return
+        epoch, self._pending_multiplier_epoch = self._pending_multiplier_epoch, None
+        validation, self._eval_statistics = self._eval_statistics or None, None
+        self._update_multipliers(epoch, validation)
+
+    def _update_multipliers(self, epoch: int, validation: dict[str, torch.Tensor] | None) -> None:
+        statistics = self.loss_fn.epoch_statistics
+        if statistics is None:  # no training forward yet
+            return
+        if validation is not None:
+            validation = self._sum_over_processes(validation)
+        self.loss_fn.update_multipliers(epoch, self._sum_over_processes(statistics), validation)
+        self.log(self.loss_fn.multiplier_summary())
+
+    # ---- checkpoints ----
+
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
+        state = self.loss_fn.state_dict()
+        statistics = getattr(self.loss_fn, "epoch_statistics", None)
+        if statistics is not None and self.accelerator.num_processes > 1:
+            # CALS: the running statistics of the epoch differ per process; the checkpoint holds their sum (every
+            # process takes part in the reduction, process 0 writes) and a resumed process 0 alone starts from it.
+            summed = self._sum_over_processes(statistics)
+            state = {
+                **state,
+                "_extra_state": {**state["_extra_state"], **{f"epoch_{k}": v.cpu() for k, v in summed.items()}},
+            }
         if self.args.should_save:
             checkpoint = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            torch.save(self.loss_fn.state_dict(), os.path.join(checkpoint, LOSS_STATE_NAME))
+            torch.save(state, os.path.join(checkpoint, LOSS_STATE_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         path = os.path.join(resume_from_checkpoint, LOSS_STATE_NAME)
         if os.path.isfile(path):
             self.loss_fn.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            statistics = getattr(self.loss_fn, "epoch_statistics", None)
+            if statistics is not None and self.accelerator.process_index != 0:
+                self.loss_fn.epoch_statistics = {k: torch.zeros_like(v) for k, v in statistics.items()}
 
     # ---- metrics ----
 
