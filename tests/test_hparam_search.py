@@ -55,7 +55,11 @@ def test_default_grids_in_words_for_the_help_and_the_readme():
     help_text = SearchArguments.__dataclass_fields__["search_grid"].metadata["help"]
     assert describe_default_grids() in help_text
     assert SEARCHABLE_HPARAMS["mbls"] == {"margin": "margin", "alpha": "alpha"}
-    assert set(SEARCHABLE_HPARAMS) == set(DEFAULT_SEARCH_GRIDS) == {"ls", "focal", "ecp", "mmce", "mbls", "acls", "dfl", "cals"}
+    assert (
+        set(SEARCHABLE_HPARAMS)
+        == set(DEFAULT_SEARCH_GRIDS)
+        == {"ls", "focal", "ecp", "mmce", "mbls", "acls", "dfl", "cals"}
+    )
 
 
 def test_grid_strings_and_dicts():
