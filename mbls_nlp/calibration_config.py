@@ -32,7 +32,7 @@ class CalibrationConfig(TrainingArguments):
     Parameters:
         loss_type (`str`, *optional*, defaults to `"mbls"`):
             Training loss, one of `mbls_nlp.losses.LOSS_NAMES`: `ce`, `ls`, `focal`, `flsd`, `ecp`, `mmce`, `brier`,
-            `mbls`.
+            `mbls`, `acls`, `dfl`, `cals`.
         margin (`float`, *optional*, defaults to `10.0`):
             MbLS margin on the logit distances `max_j z_j - z_k`.
         alpha (`float`, *optional*, defaults to `0.1`):
@@ -54,6 +54,32 @@ class CalibrationConfig(TrainingArguments):
             Confidence-penalty weight for `loss_type="ecp"`.
         mmce_weight (`float`, *optional*, defaults to `1.0`):
             MMCE weight for `loss_type="mmce"`.
+        acls_pos_lambda (`float`, *optional*, defaults to `1.0`):
+            ACLS weight of the top-logit term `relu(max_j z_j - margin)^2` for `loss_type="acls"`.
+        acls_neg_lambda (`float`, *optional*, defaults to `0.1`):
+            ACLS weight of the other-classes term `relu(max_j z_j - z_k - margin)^2` (max detached).
+        acls_alpha (`float`, *optional*, defaults to `0.1`):
+            ACLS weight of the whole regulariser.
+        acls_margin (`float`, *optional*, defaults to `10.0`):
+            ACLS margin on the logits and logit distances.
+        dfl_gamma (`float`, *optional*, defaults to `3.0`):
+            Dual focal loss gamma for `loss_type="dfl"`.
+        cals_margin (`float`, *optional*, defaults to `20.0`):
+            CALS margin of the constraints `(max_j z_j - z_k - margin) / margin <= 0` for `loss_type="cals"`.
+        cals_lambda_min (`float`, *optional*, defaults to `1e-06`):
+            CALS initial value and lower bound of the per-class multipliers.
+        cals_lambda_max (`float`, *optional*, defaults to `1000000.0`):
+            CALS upper bound of the multipliers.
+        cals_rho_min (`float`, *optional*, defaults to `1.0`):
+            CALS initial value and lower bound of the per-class penalty parameter `rho`.
+        cals_rho_max (`float`, *optional*, defaults to `10.0`):
+            CALS upper bound of `rho`.
+        cals_rho_step (`int`, *optional*, defaults to `10`):
+            CALS epochs between `rho` updates (`0` keeps `rho` fixed).
+        cals_rho_gamma (`float`, *optional*, defaults to `1.2`):
+            CALS growth factor of `rho`.
+        cals_tao (`float`, *optional*, defaults to `0.9`):
+            CALS: `rho` grows for the classes whose mean constraint is above `tao` times the previous epoch's.
         loss_ignore_index (`int`, *optional*, defaults to `-100`):
             Label value excluded from the loss and the calibration metrics (255 for PASCAL VOC).
         calibration_metrics (`bool`, *optional*, defaults to `True`):
@@ -81,7 +107,7 @@ class CalibrationConfig(TrainingArguments):
     (6.0, 0.5)
     >>> CalibrationConfig(output_dir="out", loss_type="hinge")
     Traceback (most recent call last):
-    ValueError: `loss_type` must be one of ('ce', 'ls', 'focal', 'flsd', 'ecp', 'mmce', 'brier', 'mbls'), got 'hinge'.
+    ValueError: `loss_type` must be one of ('ce', 'ls', 'focal', 'flsd', 'ecp', 'mmce', 'brier', 'mbls', 'acls', 'dfl', 'cals'), got 'hinge'.
 
     ```
     """
@@ -126,6 +152,54 @@ class CalibrationConfig(TrainingArguments):
     )
     mmce_weight: float = field(
         default=_loss_default("mmce", "mmce_weight"), metadata={"help": "MMCE weight for loss_type='mmce'."}
+    )
+    acls_pos_lambda: float = field(
+        default=_loss_default("acls", "acls_pos_lambda"),
+        metadata={"help": "ACLS weight of the top-logit term relu(max - margin)^2 for loss_type='acls'."},
+    )
+    acls_neg_lambda: float = field(
+        default=_loss_default("acls", "acls_neg_lambda"),
+        metadata={"help": "ACLS weight of the other-classes term relu(max - z_k - margin)^2."},
+    )
+    acls_alpha: float = field(
+        default=_loss_default("acls", "acls_alpha"), metadata={"help": "ACLS weight of the whole regulariser."}
+    )
+    acls_margin: float = field(
+        default=_loss_default("acls", "acls_margin"), metadata={"help": "ACLS margin on the logits and distances."}
+    )
+    dfl_gamma: float = field(
+        default=_loss_default("dfl", "dfl_gamma"), metadata={"help": "Dual focal loss gamma for loss_type='dfl'."}
+    )
+    cals_margin: float = field(
+        default=_loss_default("cals", "cals_margin"),
+        metadata={
+            "help": "CALS margin of the constraints (max_j z_j - z_k - margin) / margin <= 0 (loss_type='cals')."
+        },
+    )
+    cals_lambda_min: float = field(
+        default=_loss_default("cals", "cals_lambda_min"),
+        metadata={"help": "CALS initial value and lower bound of the per-class multipliers."},
+    )
+    cals_lambda_max: float = field(
+        default=_loss_default("cals", "cals_lambda_max"), metadata={"help": "CALS upper bound of the multipliers."}
+    )
+    cals_rho_min: float = field(
+        default=_loss_default("cals", "cals_rho_min"),
+        metadata={"help": "CALS initial value and lower bound of the per-class penalty parameter rho."},
+    )
+    cals_rho_max: float = field(
+        default=_loss_default("cals", "cals_rho_max"), metadata={"help": "CALS upper bound of rho."}
+    )
+    cals_rho_step: int = field(
+        default=_loss_default("cals", "cals_rho_step"),
+        metadata={"help": "CALS epochs between rho updates (0: rho fixed)."},
+    )
+    cals_rho_gamma: float = field(
+        default=_loss_default("cals", "cals_rho_gamma"), metadata={"help": "CALS growth factor of rho."}
+    )
+    cals_tao: float = field(
+        default=_loss_default("cals", "cals_tao"),
+        metadata={"help": "CALS: rho grows where the mean constraint is above tao times the previous one."},
     )
     loss_ignore_index: int = field(
         default=-100, metadata={"help": "Label value excluded from the loss and the metrics (255 for PASCAL VOC)."}

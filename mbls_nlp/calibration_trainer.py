@@ -30,7 +30,8 @@ _CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-\d+")  # the folders ge
 
 
 class _TrainingStateCallback(TrainerCallback):
-    """Keeps the trainer's own training state in step with `Trainer`'s: the alpha schedule and the logged parts."""
+    """Keeps the trainer's own training state in step with `Trainer`'s: the alpha schedule, the CALS multipliers
+    (both advanced at each epoch end, as the reference training loops do) and the logged parts."""
 
     def __init__(self, trainer: CalibrationTrainer):
         self.trainer = trainer
@@ -40,8 +41,13 @@ class _TrainingStateCallback(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, **kwargs):
         # The epoch that just ended is epoch ceil(state.epoch) - 1 (0-based); state.epoch is a whole number after a
-        # full epoch and fractional after one cut short by max_steps.
-        self.trainer._advance_alpha_schedule(math.ceil(state.epoch))
+        # full epoch and fractional after one cut short by max_steps. DefaultFlowCallback (called before this one) has
+        # decided whether an evaluation follows right now; if so a CALS multiplier update waits for it, so that the
+        # rho update can use its validation statistics.
+        self.trainer._advance_epochs(math.ceil(state.epoch), defer_last=bool(control.should_evaluate))
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.trainer._apply_pending_multiplier_update()
 
 
 class CalibrationTrainer(Trainer):
@@ -61,7 +67,12 @@ class CalibrationTrainer(Trainer):
     - Every evaluation/prediction reports `accuracy, ece, aece, cece, mce, nll, brier` (see
       `mbls_nlp.calibration.calibration_report`), merged with a user `compute_metrics`; after
       [`~CalibrationTrainer.fit_temperature`] also the same metrics on temperature-scaled logits as `ts_*`.
-    - The loss state (alpha schedule) is saved in checkpoints (`calibration_loss.pt`, written before
+    - CALS (`loss_type="cals"`): the per-class multipliers are updated at each epoch end from the statistics of the
+      epoch's training batches summed over all processes, and `rho` from the mean constraint of the evaluation that
+      follows the epoch end (`eval_strategy="epoch"`; its first evaluation set), or of the training batches when no
+      evaluation follows. Each update logs `cals_lambda_mean`, `cals_lambda_max`, `cals_rho`, `cals_rho_max`.
+    - The loss state (alpha schedule, CALS multipliers and the running statistics of the current epoch, summed over
+      processes) is saved in checkpoints (`calibration_loss.pt`, written before
       `trainer_state.json`) and restored by `resume_from_checkpoint`, so that a resumed run continues exactly as
       the uninterrupted one from any step or epoch checkpoint; an incomplete checkpoint is refused. The fitted
       temperature is stored in `model.config.calibration_temperature`, so it is saved with the model. A model saved
@@ -119,6 +130,8 @@ class CalibrationTrainer(Trainer):
         self._eval_count = torch.zeros((), dtype=torch.float64)
         self._parts_last_step = 0
         self._labelled_set: str | None = None  # while evaluate/fit_temperature run: how to name their dataset
+        self._pending_multiplier_epoch: int | None = None  # CALS: an epoch-end update waiting for its evaluation
+        self._eval_statistics: dict[str, torch.Tensor] | None = None
 
     # ---- loss ----
 
@@ -131,15 +144,21 @@ class CalibrationTrainer(Trainer):
         self._resumed_scheduled_epochs: int | None = None
 
     def _loss_has_state(self) -> bool:
-        # Only a scheduled alpha changes during training; every other loss setting comes from `args` again.
-        return bool(getattr(self.loss_fn, "schedule", "")) and hasattr(self.loss_fn, "schedule_alpha")
+        # Only a scheduled alpha and the CALS multipliers change during training; every other loss setting comes from
+        # `args` again.
+        scheduled = bool(getattr(self.loss_fn, "schedule", "")) and hasattr(self.loss_fn, "schedule_alpha")
+        return scheduled or hasattr(self.loss_fn, "update_multipliers")
 
-    def _advance_alpha_schedule(self, epochs_done: int) -> None:
-        """Give the loss the end-of-epoch alpha updates of epochs `_scheduled_epochs .. epochs_done - 1`."""
+    def _advance_epochs(self, epochs_done: int, defer_last: bool = False) -> None:
+        """Give the loss the end-of-epoch updates (alpha schedule, CALS multipliers) of epochs
+        `_scheduled_epochs .. epochs_done - 1`; with `defer_last`, the last epoch's multiplier update waits for the
+        evaluation that follows it."""
         schedule_alpha = getattr(self.loss_fn, "schedule_alpha", None)
         while self._scheduled_epochs < epochs_done:
+            epoch = self._scheduled_epochs
             if schedule_alpha is not None:
-                schedule_alpha(self._scheduled_epochs)
+                schedule_alpha(epoch)
+            self._end_epoch_multipliers(epoch, defer=defer_last and epoch == epochs_done - 1)
             self._scheduled_epochs += 1
 
     def _begin_training(self) -> None:
@@ -157,7 +176,7 @@ class CalibrationTrainer(Trainer):
         self._scheduled_epochs = resumed
         # A step checkpoint on an epoch's last step is written before that epoch's on_epoch_end (Trainer's
         # _maybe_log_save_evaluate runs first) and the resumed run starts with the next epoch: apply the update here.
-        self._advance_alpha_schedule(completed)
+        self._advance_epochs(completed)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None):
         """As `Trainer.train`; a fresh run (no `resume_from_checkpoint`) in an output folder holding `checkpoint-*`
@@ -212,6 +231,7 @@ class CalibrationTrainer(Trainer):
         if not model.training:
             labels = self._ignore_eval_padding(labels)
         logits, labels = align_logits_and_labels(logits_from_outputs(outputs), labels)
+        self.loss_fn.train(model.training)  # CALS accumulates its epoch statistics from training forwards only
         loss_sum = self.loss_fn(logits, labels)
         if num_items_in_batch is None:
             num_items_in_batch = self._get_num_items_in_batch([{"labels": labels}], labels.device)
@@ -248,6 +268,9 @@ class CalibrationTrainer(Trainer):
             buffer[name] = buffer[name] + value if name in buffer else value
         if not training:
             self._eval_count = self._eval_count.to(labels.device) + (labels != self.args.loss_ignore_index).sum()
+            if self._eval_statistics is not None:
+                for name, value in self.loss_fn.last_statistics.items():
+                    self._eval_statistics[name] = self._eval_statistics.get(name, 0) + value
 
     def _pop_parts(self, mode: str, divisor: torch.Tensor | float) -> dict[str, float]:
         buffer = self._parts[mode]
@@ -290,6 +313,9 @@ class CalibrationTrainer(Trainer):
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval") -> EvalLoopOutput:  # fmt: skip
         self._metric_prefix = metric_key_prefix
+        # Validation statistics for a pending CALS update: only the evaluation that follows the epoch end.
+        collect = self._pending_multiplier_epoch is not None and metric_key_prefix.startswith("eval")
+        self._eval_statistics = {} if collect else None
         self._parts["eval"], self._eval_count = {}, torch.zeros((), dtype=torch.float64)
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if self._labelled_set is not None and output.num_samples == 0:
@@ -309,13 +335,59 @@ class CalibrationTrainer(Trainer):
             output.metrics[f"{metric_key_prefix}_loss"] = float(loss)
         return output
 
+    # ---- CALS multipliers (the maths is ClassAdaptiveLoss.update_multipliers; here only gathering and timing) ----
+
+    def _sum_over_processes(self, statistics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.accelerator.num_processes == 1:
+            return dict(statistics)
+        names = list(statistics)
+        device = self.args.device
+        flat = torch.cat([statistics[name].to(device, torch.float64).reshape(-1) for name in names])
+        flat = self.accelerator.reduce(flat, reduction="sum")
+        sizes = [statistics[name].numel() for name in names]
+        return {name: part.reshape(statistics[name].shape) for name, part in zip(names, flat.split(sizes))}
+
+    def _end_epoch_multipliers(self, epoch: int, defer: bool) -> None:
+        if not hasattr(self.loss_fn, "update_multipliers"):
+            return
+        if defer:
+            self._pending_multiplier_epoch = epoch
+        else:
+            self._update_multipliers(epoch, validation=None)
+
+    def _apply_pending_multiplier_update(self) -> None:
+        if self._pending_multiplier_epoch is None:
+            return
+        epoch, self._pending_multiplier_epoch = self._pending_multiplier_epoch, None
+        validation, self._eval_statistics = self._eval_statistics or None, None
+        self._update_multipliers(epoch, validation)
+
+    def _update_multipliers(self, epoch: int, validation: dict[str, torch.Tensor] | None) -> None:
+        statistics = self.loss_fn.epoch_statistics
+        if statistics is None:  # no training forward yet
+            return
+        if validation is not None:
+            validation = self._sum_over_processes(validation)
+        self.loss_fn.update_multipliers(epoch, self._sum_over_processes(statistics), validation)
+        self.log(self.loss_fn.multiplier_summary())
+
+    # ---- checkpoints ----
+
     def _save_checkpoint(self, model, trial):
         # The loss state is written before Trainer writes trainer_state.json, its last file: a checkpoint with a
         # trainer_state.json is complete, one interrupted while saving has none and is refused on resume.
+        loss_state = self.loss_fn.state_dict()
+        statistics = getattr(self.loss_fn, "epoch_statistics", None)
+        if statistics is not None and self.accelerator.num_processes > 1:
+            # CALS: the running statistics of the epoch differ per process; the checkpoint holds their sum (every
+            # process takes part in the reduction, process 0 writes) and a resumed process 0 alone starts from it.
+            summed = self._sum_over_processes(statistics)
+            extra = {**loss_state["_extra_state"], **{f"epoch_{k}": v.cpu() for k, v in summed.items()}}
+            loss_state = {**loss_state, "_extra_state": extra}
         if self.args.should_save:
             checkpoint = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             os.makedirs(checkpoint, exist_ok=True)
-            state = {"loss": self.loss_fn.state_dict(), "scheduled_epochs": self._scheduled_epochs}
+            state = {"loss": loss_state, "scheduled_epochs": self._scheduled_epochs}
             torch.save(state, os.path.join(checkpoint, LOSS_STATE_NAME))
         super()._save_checkpoint(model, trial)
 
@@ -347,6 +419,9 @@ class CalibrationTrainer(Trainer):
                 self._resumed_scheduled_epochs = int(state["scheduled_epochs"])
             else:  # written by mbls-nlp before issue 14: the loss's state_dict alone
                 self.loss_fn.load_state_dict(state)
+            statistics = getattr(self.loss_fn, "epoch_statistics", None)
+            if statistics is not None and self.accelerator.process_index != 0:
+                self.loss_fn.epoch_statistics = {k: torch.zeros_like(v) for k, v in statistics.items()}
 
     # ---- metrics ----
 

@@ -24,6 +24,7 @@ Smoothing for Network Calibration" (Liu et al., CVPR 2022).
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -59,6 +60,9 @@ __all__ = [
     "MMCELoss",
     "BrierLoss",
     "MarginLoss",
+    "ACLSLoss",
+    "DualFocalLoss",
+    "ClassAdaptiveLoss",
     "build_loss",
 ]
 
@@ -570,6 +574,525 @@ class MarginLoss(CalibrationLoss):
         return f"margin={self.margin}, alpha={self.alpha}{sched}, " + super().extra_repr()
 
 
+def _row_blocks(n: int, c: int):
+    rows = max(1, _BLOCK_ELEMENTS // c)
+    return rows, range(0, n, rows)
+
+
+class _ACLSCrossEntropy(torch.autograd.Function):
+    """Per-row `(ce, pos, neg)` of ACLS with a hand-written backward, in cache-sized row blocks like
+    `_MarginCrossEntropy`.
+
+    `pos_i = t_i * relu(max_i - margin)^2` with `t_i` the number of logits equal to the row maximum (the reference's
+    indicator counts every tied maximum), `neg_i = sum_k relu(max_i - z_ik - margin)^2 / (C - 1)` with the max
+    detached (no gradient through it). Gradients: `d pos_i / d z_ij = 2 t_i relu(max_i - margin) 1[j = argmax_i]`
+    (the first maximal index, as autograd through `torch.max(dim=1)`), `d neg_i / d z_ij = -2 relu(max_i - z_ij -
+    margin) / (C - 1)` (zero at the max itself for any margin >= 0).
+    """
+
+    @staticmethod
+    def forward(ctx, z, y, margin):
+        n, c = z.shape
+        rows, starts = _row_blocks(n, c)
+        mx, arg = torch.max(z, dim=1)
+        threshold = mx - margin
+        ce, neg, ties = z.new_empty(n), z.new_empty(n), z.new_empty(n)
+        buf = z.new_empty(min(rows, n), c)
+        for s in starts:
+            zb, b = z[s : s + rows], buf[: min(rows, n - s)]
+            torch.ops.aten._log_softmax.out(zb, 1, False, out=b)
+            torch.gather(b, 1, y[s : s + rows, None], out=ce[s : s + rows, None])
+            torch.eq(zb, mx[s : s + rows, None], out=b)
+            torch.sum(b, 1, out=ties[s : s + rows])
+            torch.sub(threshold[s : s + rows, None], zb, out=b)
+            b.clamp_(min=0)
+            b.mul_(b)
+            torch.sum(b, 1, out=neg[s : s + rows])
+        ce.neg_()
+        neg.div_(max(c - 1, 1))  # C = 1: no other class, neg = 0
+        top = threshold.clamp(min=0)
+        pos = ties * top * top
+        ctx.save_for_backward(z, y, threshold, arg, ties * top)
+        return ce, pos, neg
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_ce, g_pos, g_neg):
+        z, y, threshold, arg, ties_top = ctx.saved_tensors
+        n, c = z.shape
+        rows, starts = _row_blocks(n, c)
+        grad = torch.empty_like(z)
+        buf = z.new_empty(min(rows, n), c)
+        scale = g_neg * (-2.0 / max(c - 1, 1))
+        for s in starts:
+            zb, gb, b = z[s : s + rows], grad[s : s + rows], buf[: min(rows, n - s)]
+            torch.ops.aten._softmax.out(zb, 1, False, out=gb)
+            gb.mul_(g_ce[s : s + rows, None])
+            torch.sub(threshold[s : s + rows, None], zb, out=b)
+            b.clamp_(min=0)
+            gb.addcmul_(b, scale[s : s + rows, None])
+        grad.scatter_add_(1, y[:, None], -g_ce[:, None])
+        grad.scatter_add_(1, arg[:, None], (2.0 * ties_top * g_pos)[:, None])
+        return grad, None, None
+
+
+class ACLSLoss(CalibrationLoss):
+    """Adaptive and conditional label smoothing (`"acls"`, Park et al., ICCV 2023), as the reference's `ACLS`.
+
+    With `max_i = max_j z_ij`, per valid position:
+    `loss = CE + alpha * (pos_lambda * t_i * relu(max_i - margin)^2
+    + neg_lambda * sum_{k != argmax} relu(sg(max_i) - z_ik - margin)^2 / (C - 1))`, `sg` = stop-gradient and `t_i`
+    the number of logits tied at the maximum. Averaged over positions this is the reference's
+    `pos.sum() / N + neg.sum() / (N * (C - 1))`. Parts: `("ce", "pos", "neg")` with weights
+    `(1, alpha * pos_lambda, alpha * neg_lambda)`; the reference logs `reg = pos_lambda * pos + neg_lambda * neg`.
+
+    Reference code: github.com/cvlab-yonsei/ACLS, `calibrate/losses/acls.py` (formula only; that code is GPL-3.0),
+    defaults from `configs/loss/acls.yaml` (`pos_lambda: 1.0, neg_lambda: 0.1, alpha: 0.1, margin: 10.0`). As in the
+    reference and unlike MbLS, the max is detached in the term of the other classes (MbLS backpropagates through it),
+    the top logit itself is pushed below the margin by the `pos` term, and distances are squared. Unlike the
+    reference, ignored positions are excluded from the regulariser too (the reference averages it over every row).
+    Forward and backward are fused by hand (`_ACLSCrossEntropy`); the `pos` gradient goes to the first maximal index.
+
+    Args:
+        pos_lambda (`float`, *optional*, defaults to `1.0`): weight of the top-logit term, `>= 0`.
+        neg_lambda (`float`, *optional*, defaults to `0.1`): weight of the other-classes term, `>= 0`.
+        alpha (`float`, *optional*, defaults to `0.1`): weight of the whole regulariser, `>= 0`.
+        margin (`float`, *optional*, defaults to `10.0`): margin on the logits and logit distances, `>= 0`.
+        ignore_index, reduction: see [`CalibrationLoss`].
+
+    Examples:
+
+    >>> import torch
+    >>> from mbls_nlp.losses import ACLSLoss
+    >>> loss_fn = ACLSLoss(margin=1.0)
+    >>> _ = loss_fn(torch.tensor([[3.0, 0.0]]), torch.tensor([0]))
+    >>> loss_fn.last_parts["pos"].item(), loss_fn.last_parts["neg"].item()  # relu(3 - 1)^2, relu(3 - 0 - 1)^2 / 1
+    (4.0, 4.0)
+    """
+
+    part_names = ("ce", "pos", "neg")
+
+    def __init__(
+        self,
+        pos_lambda: float = 1.0,
+        neg_lambda: float = 0.1,
+        alpha: float = 0.1,
+        margin: float = 10.0,
+        *,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+    ):
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
+        self.pos_lambda = check_real("pos_lambda", pos_lambda)
+        self.neg_lambda = check_real("neg_lambda", neg_lambda)
+        self.alpha = check_real("alpha", alpha)
+        self.margin = check_real("margin", margin)
+
+    @property
+    def part_weights(self):
+        return {"ce": 1.0, "pos": self.alpha * self.pos_lambda, "neg": self.alpha * self.neg_lambda}
+
+    def _per_position(self, z, y):
+        ce, pos, neg = _ACLSCrossEntropy.apply(z.contiguous(), y, self.margin)
+        return {"ce": ce, "pos": pos, "neg": neg}
+
+    def extra_repr(self):
+        return (
+            f"pos_lambda={self.pos_lambda}, neg_lambda={self.neg_lambda}, alpha={self.alpha}, margin={self.margin}, "
+            + super().extra_repr()
+        )
+
+
+class _DualFocal(torch.autograd.Function):
+    """Per-row dual focal loss `-(1 - p_y + p_j)^gamma log p_y` with a hand-written backward (row blocks).
+
+    `p_j` is the largest probability of a class whose logit is strictly below the target's (`0` when none is).
+    With `s = 1 - p_y + p_j`, `w = s^gamma`, `A = -log p_y * gamma * s^(gamma - 1)` and `p = softmax(z)`:
+    `d loss / d z_k = p_k (w + A (p_y - p_j)) + A p_j 1[k = j] - (w + A p_y) 1[k = y]`, since
+    `d p_y / d z_k = p_y (1[k = y] - p_k)` and likewise for `p_j`; one softmax pass and two scatters, as the
+    cross-entropy's backward.
+    """
+
+    @staticmethod
+    def forward(ctx, z, y, gamma):
+        n, c = z.shape
+        rows, starts = _row_blocks(n, c)
+        logp_y, logp_j = z.new_empty(n), z.new_empty(n)
+        j = torch.empty(n, dtype=torch.long, device=z.device)
+        z_y = z.gather(1, y[:, None])
+        buf = z.new_empty(min(rows, n), c)
+        below = torch.empty(buf.shape, dtype=torch.bool, device=z.device)
+        for s in starts:
+            m = min(rows, n - s)
+            zb, b, lb = z[s : s + rows], buf[:m], below[:m]
+            torch.ops.aten._log_softmax.out(zb, 1, False, out=b)
+            torch.gather(b, 1, y[s : s + rows, None], out=logp_y[s : s + rows, None])
+            torch.ge(zb, z_y[s : s + rows], out=lb)
+            b.masked_fill_(lb, -math.inf)
+            torch.max(b, 1, out=(logp_j[s : s + rows], j[s : s + rows]))
+        p_j = logp_j.exp()  # exp(-inf) = 0 when no class is below the target
+        s_ = -torch.expm1(logp_y) + p_j  # 1 - p_y without cancellation for p_y close to 1
+        w = s_**gamma
+        loss = -w * logp_y
+        ctx.gamma = gamma
+        ctx.save_for_backward(z, y, j, logp_y, p_j, s_, w)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        z, y, j, logp_y, p_j, s_, w = ctx.saved_tensors
+        gamma = ctx.gamma
+        n, c = z.shape
+        rows, starts = _row_blocks(n, c)
+        p_y = logp_y.exp()
+        if gamma == 0:
+            a = torch.zeros_like(w)
+        else:
+            # -log p_y <= s, so A -> 0 as s -> 0 even for gamma < 1; s = 0 (p_y rounds to 1) gives A = 0.
+            a = torch.where(s_ > 0, -logp_y * gamma * s_.clamp(min=torch.finfo(s_.dtype).tiny) ** (gamma - 1), 0.0)
+        coef = g * (w + a * (p_y - p_j))
+        grad = torch.empty_like(z)
+        for s in starts:
+            zb, gb = z[s : s + rows], grad[s : s + rows]
+            torch.ops.aten._softmax.out(zb, 1, False, out=gb)
+            gb.mul_(coef[s : s + rows, None])
+        grad.scatter_add_(1, j[:, None], (g * a * p_j)[:, None])
+        grad.scatter_add_(1, y[:, None], (-g * (w + a * p_y))[:, None])
+        return grad, None, None
+
+
+class DualFocalLoss(CalibrationLoss):
+    """Dual focal loss (`"dfl"`, Tao et al., ICML 2023): `-(1 - p_y + p_j)^gamma * log p_y`. Parts: `("dfl",)`.
+
+    `p_j` is, as in the reference code, the largest probability strictly below the target's (`0` when the target has
+    the smallest probability); the focal weight is differentiated through `p_y` and `p_j` as in the reference. We
+    compare logits (`z_k < z_y`) where the reference compares probabilities; they differ only when two distinct
+    logits round to one probability. The reference sums over positions (`size_average=False`); `reduction="mean"`
+    averages like the other losses here. Forward and backward are fused by hand (`_DualFocal`); among tied `p_j`
+    the gradient goes to the first.
+
+    Reference code: github.com/Linwei94/ICML2023-DualFocalLoss, `dual_focal_loss.py` (`Losses/dual_focal_loss.py`
+    before the commit "remove unrelated files"). Default `gamma = 3` from its `train_scripts/cifar10.sh` 20 Newsgroups
+    run (`--loss dual_focal_loss --gamma 3`); its CIFAR ResNet-50 runs use 5, the README's table 2.3 to 6.1.
+
+    Args:
+        gamma (`float`, *optional*, defaults to `3.0`): focusing parameter `>= 0`; `0` is cross-entropy.
+        ignore_index, reduction: see [`CalibrationLoss`].
+
+    Examples:
+
+    >>> import math, torch
+    >>> from mbls_nlp.losses import DualFocalLoss
+    >>> z = torch.log(torch.tensor([[2.0, 1.0, 1.0]]))  # p = [1/2, 1/4, 1/4]; target 0: p_j = 1/4
+    >>> round(DualFocalLoss(gamma=2.0)(z, torch.tensor([0])).item(), 6) == round((1 - 0.5 + 0.25) ** 2 * math.log(2), 6)
+    True
+    """
+
+    part_names = ("dfl",)
+
+    def __init__(self, gamma: float = 3.0, *, ignore_index: int = -100, reduction: str = "mean"):
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
+        self.gamma = check_real("gamma", gamma)
+
+    def _per_position(self, z, y):
+        return {"dfl": _DualFocal.apply(z.contiguous(), y, self.gamma)}
+
+    def extra_repr(self):
+        return f"gamma={self.gamma}, " + super().extra_repr()
+
+
+class _ClassMarginLagrangian(torch.autograd.Function):
+    """Per-row cross-entropy and CALS penalty (PHR augmented Lagrangian of `h = (max_j z_j - z_k - margin) / margin`
+    with one multiplier `lambda_k` and penalty parameter `rho_k` per class), hand-written backward, row blocks.
+
+    With `r_ik = relu(lambda_k + rho_k h_ik)`, the penalty of a row is `pen_i = mean_k P(h_ik)` where
+    `P = (r^2 - lambda^2) / (2 rho)` for `rho > 0` (the reference's `phr`) and its `rho -> 0` limit `lambda * h` for
+    `rho = 0`; in both cases `dP / dh = r`. So `d pen_i / d z_ij = (R_i * 1[j is a maximum] / t_i - r_ij) /
+    (C margin)` with `R_i = sum_k r_ik` and `t_i` the number of tied maxima (the reference's `amax` shares the max's
+    gradient evenly among them).
+
+    Side outputs (no gradient), the statistics of the multiplier update: `multiplier_sum_k = sum_i clamp(r_ik,
+    lambda_min, lambda_max)` and `z_sum_k = sum_i z_ik` (the constraint sum is derived from it and `sum_i max_i`).
+    """
+
+    @staticmethod
+    def forward(ctx, z, y, margin, lambd, rho, lambda_min, lambda_max):
+        n, c = z.shape
+        rows, starts = _row_blocks(n, c)
+        mx = torch.amax(z, dim=1)
+        threshold = mx - margin
+        slope = rho / margin
+        positive = rho > 0
+        # P = c1 * r^2 + c2 * h + c0 per class: (1 / (2 rho), 0, -lambda^2 / (2 rho)) or, for rho = 0, (0, lambda, 0).
+        c1 = torch.where(positive, 0.5 / rho.clamp(min=torch.finfo(z.dtype).tiny), 0.0)
+        c0 = -(lambd * lambd * c1).sum()
+        c2 = torch.where(positive, 0.0, lambd)
+        ce, pen = z.new_empty(n), z.new_empty(n)
+        multiplier_sum, z_sum = z.new_zeros(c), z.new_zeros(c)
+        buf = z.new_empty(min(rows, n), c)
+        clamped = torch.empty_like(buf)
+        for s in starts:
+            m = min(rows, n - s)
+            zb, b, cb = z[s : s + rows], buf[:m], clamped[:m]
+            torch.ops.aten._log_softmax.out(zb, 1, False, out=b)
+            torch.gather(b, 1, y[s : s + rows, None], out=ce[s : s + rows, None])
+            z_sum += zb.sum(0)
+            torch.sub(threshold[s : s + rows, None], zb, out=b)
+            b.mul_(slope).add_(lambd).clamp_(min=0)  # r = relu(lambda + rho * h)
+            torch.clamp(b, lambda_min, lambda_max, out=cb)
+            multiplier_sum += cb.sum(0)
+            b.mul_(b)
+            torch.mv(b, c1, out=pen[s : s + rows])
+        ce.neg_()
+        pen.add_(c0)
+        if bool((c2 != 0).any()):
+            # sum_k lambda_k h_ik for the rho = 0 classes: ((max_i - margin) sum_k c2_k - z_i . c2) / margin
+            pen.add_((threshold * c2.sum() - torch.mv(z, c2)) / margin)
+        pen.div_(c)
+        ctx.margin = margin
+        ctx.save_for_backward(z, y, mx, threshold, slope, lambd)
+        ctx.mark_non_differentiable(multiplier_sum, z_sum)
+        return ce, pen, multiplier_sum, z_sum
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_ce, g_pen, _g_multiplier, _g_z):
+        z, y, mx, threshold, slope, lambd = ctx.saved_tensors
+        n, c = z.shape
+        rows, starts = _row_blocks(n, c)
+        grad = torch.empty_like(z)
+        buf = z.new_empty(min(rows, n), c)
+        scale = g_pen / (c * ctx.margin)
+        for s in starts:
+            m = min(rows, n - s)
+            zb, gb, b = z[s : s + rows], grad[s : s + rows], buf[:m]
+            sb = scale[s : s + rows]
+            torch.ops.aten._softmax.out(zb, 1, False, out=gb)
+            gb.mul_(g_ce[s : s + rows, None])
+            torch.sub(threshold[s : s + rows, None], zb, out=b)
+            b.mul_(slope).add_(lambd).clamp_(min=0)
+            total = b.sum(1)
+            gb.addcmul_(b, -sb[:, None])
+            torch.eq(zb, mx[s : s + rows, None], out=b)
+            ties = b.sum(1)
+            gb.addcmul_(b, (sb * total / ties)[:, None])
+        grad.scatter_add_(1, y[:, None], -g_ce[:, None])
+        return grad, None, None, None, None, None, None
+
+
+class ClassAdaptiveLoss(CalibrationLoss):
+    """Class adaptive label smoothing (`"cals"`, Liu et al., CVPR 2023): CE plus an augmented Lagrangian of the
+    margin constraints `h_k = (max_j z_j - z_k - margin) / margin <= 0`, one multiplier per class.
+
+    Per valid position `loss = CE + mean_k P(h_k; lambda_k, rho_k)` with the PHR penalty
+    `P = (relu(lambda + rho h)^2 - lambda^2) / (2 rho)` (for `rho = 0` its limit `lambda h`). Parts: `("ce",
+    "penalty")`, weights `(1, 1)`. The multipliers `lambda` (`(C,)`, starting at `lambda_min`) and penalty parameters
+    `rho` (`(C,)`, starting at `rho_min`) are fixed during an epoch and updated at its end by
+    [`~ClassAdaptiveLoss.update_multipliers`] from statistics the forward passes accumulate:
+
+    - `lambda_k <- clamp(mean_i clamp(relu(lambda_k + rho_k h_ik), lambda_min, lambda_max), lambda_min, lambda_max)`,
+      the mean penalty gradient `dP / dh` over the epoch's positions;
+    - every `rho_step` epochs, `rho_k <- clamp(rho_gamma * rho_k, rho_min, rho_max)` for the classes whose mean
+      constraint `mean_i h_ik` did not drop below `tao * max(previous mean, 0)` (the previous epoch's).
+
+    Forward passes in training mode (`loss.train()`, the default) add their statistics to running sums (kept in the
+    `state_dict`, so a mid-epoch checkpoint keeps them); every forward also leaves its own in `last_statistics`.
+    A training loop calls `update_multipliers(epoch)` at each epoch end; with several processes it sums
+    `epoch_statistics` over them first and passes the sums. `CalibrationTrainer` does both.
+
+    Reference code: github.com/by-liu/CALS (MIT), `calibrate/lagrangian/aug_lagrangian_class.py` (`AugLagrangianClass`),
+    `penalty.py` (`phr`), defaults from `configs/lag/aug_lagrangian_class.yaml` (`margin: 20, penalty: phr,
+    lambd_min: 1e-6, lambd_max: 1e6, lambd_step: 1, rho: 1, rho_step: 10, gamma: 1.2, tao: 0.9, normalize: True`,
+    `rho_max` 10 from the class). The reference estimates both updates on the validation set, in its per-epoch
+    validation pass; here `lambda` comes from the training epoch's forward passes (always available, exact under
+    gradient accumulation) and the constraint of the `rho` update from validation statistics when they are given
+    (`CalibrationTrainer`: the evaluation at the epoch's end, if there is one), else from the training ones. Like the
+    reference, the loss is the mean over positions and classes, the multiplier update's statistics use the
+    multipliers of the epoch, and the max is not detached; ignored positions are excluded everywhere.
+
+    Args:
+        margin (`float`, *optional*, defaults to `20.0`): margin on the logit distances, `> 0` (it also normalises
+            `h`).
+        lambda_min (`float`, *optional*, defaults to `1e-6`): initial value and lower bound of the multipliers, `>= 0`.
+        lambda_max (`float`, *optional*, defaults to `1e6`): upper bound of the multipliers, `>= lambda_min`.
+        rho_min (`float`, *optional*, defaults to `1.0`): initial value and lower bound of `rho`, `>= 0`.
+        rho_max (`float`, *optional*, defaults to `10.0`): upper bound of `rho`, `>= rho_min`.
+        rho_step (`int`, *optional*, defaults to `10`): epochs between `rho` updates; `0` keeps `rho` fixed.
+        rho_gamma (`float`, *optional*, defaults to `1.2`): growth factor of `rho`, `>= 1`.
+        tao (`float`, *optional*, defaults to `0.9`): required improvement ratio of the mean constraint, `>= 0`.
+        ignore_index, reduction: see [`CalibrationLoss`].
+
+    Examples:
+
+    >>> import torch
+    >>> from mbls_nlp.losses import ClassAdaptiveLoss
+    >>> loss_fn = ClassAdaptiveLoss(margin=1.0, lambda_min=0.5, rho_step=0)
+    >>> _ = loss_fn(torch.tensor([[3.0, 0.0], [0.0, 0.0]]), torch.tensor([0, 1]))
+    >>> loss_fn.update_multipliers(epoch=0)  # class 1: r = relu(0.5 + (3 - 0 - 1) / 1) = 2.5 in row 0, 0 in row 1
+    >>> loss_fn.lambd.tolist()  # class 0 max in both rows: r = relu(0.5 - 1) = 0 -> clamped to 0.5
+    [0.5, 1.5]
+    """
+
+    part_names = ("ce", "penalty")
+    statistic_names = ("count", "multiplier", "constraint")
+
+    def __init__(
+        self,
+        margin: float = 20.0,
+        lambda_min: float = 1e-6,
+        lambda_max: float = 1e6,
+        rho_min: float = 1.0,
+        rho_max: float = 10.0,
+        rho_step: int = 10,
+        rho_gamma: float = 1.2,
+        tao: float = 0.9,
+        *,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+    ):
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
+        self.margin = check_real("margin", margin)
+        if self.margin == 0:
+            raise ValueError("`margin` must be > 0 (it normalises the constraint), got 0.0.")
+        self.lambda_min = check_real("lambda_min", lambda_min)
+        self.lambda_max = check_real("lambda_max", lambda_max)
+        self.rho_min = check_real("rho_min", rho_min)
+        self.rho_max = check_real("rho_max", rho_max)
+        for low, high in (("lambda_min", "lambda_max"), ("rho_min", "rho_max")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"`{low}` must be <= `{high}`, got {getattr(self, low)} > {getattr(self, high)}.")
+        if isinstance(rho_step, bool) or not isinstance(rho_step, int) or rho_step < 0:
+            raise ValueError(f"`rho_step` must be an int >= 0 (0: rho fixed), got {rho_step!r}.")
+        self.rho_step = rho_step
+        self.rho_gamma = check_real("rho_gamma", rho_gamma)
+        if self.rho_gamma < 1:
+            raise ValueError(f"`rho_gamma` must be >= 1, got {self.rho_gamma}.")
+        self.tao = check_real("tao", tao)
+        # (C,) tensors, created at the first forward (or by load_state_dict) once the number of classes is known.
+        self.lambd: torch.Tensor | None = None
+        self.rho: torch.Tensor | None = None
+        self.previous_constraint: torch.Tensor | None = None
+        self.epoch_statistics: dict[str, torch.Tensor] | None = None
+        self.last_statistics: dict[str, torch.Tensor] = {}
+
+    # ---- state ----
+
+    def _ensure_state(self, num_classes: int, device) -> None:
+        if self.lambd is None:
+            self.lambd = torch.full((num_classes,), self.lambda_min, dtype=torch.float64)
+            self.rho = torch.full((num_classes,), self.rho_min, dtype=torch.float64)
+        if self.lambd.numel() != num_classes:
+            raise ValueError(
+                f"`logits` have {num_classes} classes but the CALS multipliers were set for {self.lambd.numel()}."
+            )
+        if self.epoch_statistics is None:
+            self.epoch_statistics = self._zero_statistics(num_classes)
+        if self.lambd.device != torch.device(device):
+            self.lambd, self.rho = self.lambd.to(device), self.rho.to(device)
+            self.epoch_statistics = {k: v.to(device) for k, v in self.epoch_statistics.items()}
+            if self.previous_constraint is not None:
+                self.previous_constraint = self.previous_constraint.to(device)
+
+    @staticmethod
+    def _zero_statistics(num_classes: int, device=None) -> dict[str, torch.Tensor]:
+        def zeros(*shape):
+            return torch.zeros(shape, dtype=torch.float64, device=device)
+
+        return {"count": zeros(), "multiplier": zeros(num_classes), "constraint": zeros(num_classes)}
+
+    def get_extra_state(self):
+        if self.lambd is None:
+            return {}
+        state = {"lambd": self.lambd.cpu(), "rho": self.rho.cpu()}
+        state.update({f"epoch_{k}": v.cpu() for k, v in self.epoch_statistics.items()})
+        if self.previous_constraint is not None:
+            state["previous_constraint"] = self.previous_constraint.cpu()
+        return state
+
+    def set_extra_state(self, state):
+        if not state:
+            self.lambd = self.rho = self.previous_constraint = self.epoch_statistics = None
+            return
+        lambd, rho = state["lambd"].double(), state["rho"].double()
+        if lambd.dim() != 1 or lambd.shape != rho.shape or not (lambd >= 0).all() or not (rho >= 0).all():
+            raise ValueError("CALS state: `lambd` and `rho` must be 1-D tensors of one length with values >= 0.")
+        self.lambd, self.rho = lambd, rho
+        self.epoch_statistics = {k: state[f"epoch_{k}"].double() for k in self.statistic_names}
+        previous = state.get("previous_constraint")
+        self.previous_constraint = None if previous is None else previous.double()
+
+    # ---- forward and update ----
+
+    def _per_position(self, z, y):
+        z = z.contiguous()
+        self._ensure_state(z.shape[1], z.device)
+        lambd, rho = self.lambd.to(z.dtype), self.rho.to(z.dtype)
+        ce, pen, multiplier_sum, z_sum = _ClassMarginLagrangian.apply(
+            z, y, self.margin, lambd, rho, self.lambda_min, self.lambda_max
+        )
+        with torch.no_grad():
+            n = z.shape[0]
+            # sum_i h_ik = (sum_i max_i - n * margin - sum_i z_ik) / margin
+            max_sum = torch.amax(z.detach(), dim=1).double().sum()
+            constraint = (max_sum - n * self.margin - z_sum.double()) / self.margin
+            count = torch.tensor(float(n), dtype=torch.float64, device=z.device)
+            self.last_statistics = {"count": count, "multiplier": multiplier_sum.double(), "constraint": constraint}
+            if self.training:
+                for k, v in self.last_statistics.items():
+                    self.epoch_statistics[k] += v
+        return {"ce": ce, "penalty": pen}
+
+    def update_multipliers(
+        self,
+        epoch: int,
+        statistics: Mapping[str, torch.Tensor] | None = None,
+        validation: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
+        """The end-of-epoch update of `lambd` and (every `rho_step` epochs) `rho`; resets `epoch_statistics`.
+
+        Args:
+            epoch (`int`): the 0-based index of the epoch that just ended (`rho` moves when `(epoch + 1) % rho_step
+                == 0`, as in the reference).
+            statistics (`Mapping[str, torch.Tensor]`, *optional*): the epoch's sums `count`, `multiplier`,
+                `constraint` (the `epoch_statistics` of every process, summed); defaults to this process's
+                `epoch_statistics`.
+            validation (`Mapping[str, torch.Tensor]`, *optional*): the same sums over a validation pass (forwards
+                in eval mode, `last_statistics` summed); its mean constraint then drives the `rho` update.
+        """
+        statistics = self.epoch_statistics if statistics is None else statistics
+        if self.lambd is None or statistics is None:
+            return  # no forward yet: nothing to update
+        device = self.lambd.device
+        count = statistics["count"].to(device, torch.float64)
+        if count > 0:
+            mean_gradient = statistics["multiplier"].to(device, torch.float64) / count
+            self.lambd = mean_gradient.clamp(min=self.lambda_min, max=self.lambda_max)
+            source = validation if validation is not None and validation["count"] > 0 else statistics
+            constraint = source["constraint"].to(device, torch.float64) / source["count"].to(device, torch.float64)
+            if self.rho_step > 0:
+                if (epoch + 1) % self.rho_step == 0 and self.previous_constraint is not None:
+                    grow = constraint > self.tao * self.previous_constraint.clamp(min=0)
+                    self.rho = torch.where(grow, self.rho_gamma * self.rho, self.rho)
+                    self.rho = self.rho.clamp(min=self.rho_min, max=self.rho_max)
+                self.previous_constraint = constraint
+        self.epoch_statistics = self._zero_statistics(self.lambd.numel(), device)
+
+    def multiplier_summary(self) -> dict[str, float]:
+        """`cals_lambda_mean`, `cals_lambda_max`, `cals_rho` (mean) and `cals_rho_max`, for the logs."""
+        if self.lambd is None:
+            return {}
+        return {
+            "cals_lambda_mean": self.lambd.mean().item(),
+            "cals_lambda_max": self.lambd.max().item(),
+            "cals_rho": self.rho.mean().item(),
+            "cals_rho_max": self.rho.max().item(),
+        }
+
+    def extra_repr(self):
+        return f"margin={self.margin}, rho_step={self.rho_step}, " + super().extra_repr()
+
+
 @dataclass(frozen=True)
 class LossSpec:
     """One entry of [`LOSS_REGISTRY`]: what the config, the search and the help texts need to know about a loss.
@@ -651,7 +1174,7 @@ def _registry(*specs: LossSpec) -> dict[str, LossSpec]:
 #: The one table of losses, in the order help texts list them: `loss_type` -> [`LossSpec`]. Adding a loss means its
 #: class above and one entry here (plus a `CalibrationConfig` field for a new hyper-parameter); the config, the
 #: search, `build_loss` and every help text read it. The grids surround the paper defaults (margin 10 / alpha 0.1,
-#: epsilon 0.05, gamma 3, beta 0.1, weight 1).
+#: epsilon 0.05, gamma 3, beta 0.1, weight 1; ACLS margin 10 / alpha 0.1, DFL gamma 3, CALS margin 20).
 LOSS_REGISTRY: dict[str, LossSpec] = _registry(
     LossSpec("ce", CrossEntropyLoss),
     LossSpec("ls", LabelSmoothingLoss, {"ls_epsilon": "epsilon"}, {"ls_epsilon": (0.01, 0.05, 0.1, 0.2)}),
@@ -672,6 +1195,33 @@ LOSS_REGISTRY: dict[str, LossSpec] = _registry(
             "alpha_step_size": "step_size",
         },
         {"margin": (0.0, 2.0, 4.0, 6.0, 8.0, 10.0), "alpha": (0.1, 0.5, 1.0)},
+    ),
+    LossSpec(
+        "acls",
+        ACLSLoss,
+        {
+            "acls_pos_lambda": "pos_lambda",
+            "acls_neg_lambda": "neg_lambda",
+            "acls_alpha": "alpha",
+            "acls_margin": "margin",
+        },
+        {"acls_margin": (6.0, 8.0, 10.0, 12.0), "acls_alpha": (0.05, 0.1, 0.2)},
+    ),
+    LossSpec("dfl", DualFocalLoss, {"dfl_gamma": "gamma"}, {"dfl_gamma": (2.0, 3.0, 4.0, 5.0)}),
+    LossSpec(
+        "cals",
+        ClassAdaptiveLoss,
+        {
+            "cals_margin": "margin",
+            "cals_lambda_min": "lambda_min",
+            "cals_lambda_max": "lambda_max",
+            "cals_rho_min": "rho_min",
+            "cals_rho_max": "rho_max",
+            "cals_rho_step": "rho_step",
+            "cals_rho_gamma": "rho_gamma",
+            "cals_tao": "tao",
+        },
+        {"cals_margin": (5.0, 10.0, 20.0)},
     ),
 )
 #: The registered loss names (the keys of `LOSS_REGISTRY`), kept as a tuple for the `choices` of the command lines.

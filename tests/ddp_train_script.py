@@ -3,7 +3,8 @@
 The global batch is 8 either way (per-device 8 with one process, 4 with two); the test compares the results.
 `python ddp_train_script.py OUTPUT_DIR` trains and evaluates (also on sets that are not a multiple of the global
 eval batch); `python ddp_train_script.py OUTPUT_DIR resume` trains with an alpha schedule, resumes a second trainer
-from the step checkpoint on the first epoch's last step and records both.
+from the step checkpoint on the first epoch's last step and records both; `python ddp_train_script.py OUTPUT_DIR
+cals` trains CALS for two epochs and records its multipliers.
 """
 
 import json
@@ -52,6 +53,22 @@ def train_and_evaluate(output_dir: str, world_size: int) -> tuple[CalibrationTra
     return trainer, metrics
 
 
+def train_cals(output_dir: str, world_size: int) -> tuple[CalibrationTrainer, dict]:
+    cals = dict(loss_type="cals", cals_margin=0.05, cals_rho_step=1, cals_rho_gamma=2.0)
+    args = make_args(output_dir, world_size, num_train_epochs=2, logging_steps=6, save_strategy="no", **cals)
+    trainer = CalibrationTrainer(
+        model=tiny_sequence_classifier(),
+        args=args,
+        train_dataset=sequence_dataset(48, ignored_every=3),
+        eval_dataset=sequence_dataset(40, seed=1, ignored_every=5),
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    metrics["train_logs"] = next(entry for entry in trainer.state.log_history if "loss" in entry)
+    metrics.update(lambd=trainer.loss_fn.lambd.tolist(), rho=trainer.loss_fn.rho.tolist())
+    return trainer, metrics
+
+
 def resume(output_dir: str, world_size: int) -> tuple[CalibrationTrainer, dict]:
     kwargs = dict(num_train_epochs=2, save_strategy="steps", save_steps=6, logging_steps=2, alpha_schedule="add",
                   alpha_mu=0.25)  # fmt: skip
@@ -73,7 +90,8 @@ def resume(output_dir: str, world_size: int) -> tuple[CalibrationTrainer, dict]:
 
 def main(output_dir: str, mode: str = "train") -> None:
     world_size = CalibrationConfig(output_dir=output_dir, report_to="none").world_size
-    trainer, metrics = (resume if mode == "resume" else train_and_evaluate)(output_dir, world_size)
+    run = {"train": train_and_evaluate, "resume": resume, "cals": train_cals}[mode]
+    trainer, metrics = run(output_dir, world_size)
     if trainer.is_world_process_zero():
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)

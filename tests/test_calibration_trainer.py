@@ -582,11 +582,12 @@ def _run(args, tmp_path, name, *script_args):
     out = tmp_path / name
     # ACCELERATE_USE_CPU: without it TrainingArguments sees no GPU and falls back to one non-distributed process
     # per rank (each training on its own), even under `--multi_gpu`.
-    # The caller's PYTHONPATH is kept, so that the package under test is the one imported.
-    python_path = os.pathsep.join(filter(None, [str(SCRIPT.parent), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    command = args + [str(SCRIPT), str(out), *script_args]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    # The caller's PYTHONPATH is kept so that the launched script imports the same mbls_nlp as the tests.
+    path = os.pathsep.join(filter(None, [str(SCRIPT.parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(
+        args + [str(SCRIPT), str(out), *script_args], env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return torch.load(out / "params.pt"), json.loads((out / "metrics.json").read_text())
 
@@ -614,17 +615,112 @@ def test_two_processes_equal_one(tmp_path):
         assert metrics_2["train_logs"][key] == pytest.approx(metrics_1["train_logs"][key], abs=1e-5), key
 
 
+# ---- CALS multipliers (issue 16) ----
+
+CALS = {"loss_type": "cals", "cals_margin": 0.05, "cals_lambda_min": 0.01, "cals_rho_step": 1, "cals_rho_gamma": 2.0}
+
+
+def cals_reference_update(logits, labels, lambd, rho, margin, lambda_min=0.01, lambda_max=1e6):
+    """Float64 CALS statistics written from the reference's update_lambd/set_lambd and get_constraints, independently
+    of mbls_nlp.losses: the new multipliers and the mean constraint per class over the valid rows."""
+    z = logits[labels != -100].double()
+    h = (z.max(dim=1, keepdim=True).values - z - margin) / margin
+    gradient = torch.clamp(F.relu(lambd + rho * h), min=lambda_min, max=lambda_max)
+    return gradient.mean(0).clamp(min=lambda_min, max=lambda_max), h.mean(0)
+
+
+def test_cals_multipliers_follow_the_reference_update(tmp_path):
+    # learning_rate 0: the logits stay those of the initial model, so every epoch's statistics are known in advance.
+    train, val = sequence_dataset(24, ignored_every=5), sequence_dataset(16, seed=1, ignored_every=4)
+    model = tiny_sequence_classifier()
+    with torch.no_grad():
+        model.classifier.weight.mul_(20.0)  # spread the logits so that some classes violate the 0.05 margin
+        train_logits = model(input_ids=torch.tensor(train["input_ids"])).logits
+        val_logits = model(input_ids=torch.tensor(val["input_ids"])).logits
+    args = config(
+        tmp_path, learning_rate=0.0, num_train_epochs=2, per_device_train_batch_size=8, eval_strategy="epoch",
+        per_device_eval_batch_size=16, logging_strategy="epoch", **CALS,
+    )  # fmt: skip
+    trainer = CalibrationTrainer(model=model, args=args, train_dataset=train, eval_dataset=val)
+    trainer.train()
+    train_y, val_y = torch.tensor(train["labels"]), torch.tensor(val["labels"])
+    lambd, rho = torch.full((3,), 0.01, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    lambd_1, _ = cals_reference_update(train_logits, train_y, lambd, rho, 0.05)
+    lambd_2, _ = cals_reference_update(train_logits, train_y, lambd_1, rho, 0.05)
+    _, val_constraint = cals_reference_update(val_logits, val_y, lambd, rho, 0.05)
+    # rho: epoch 0 has no previous constraint; after epoch 1 it doubles where the (unchanged) validation constraint
+    # is not below 0.9 * max(previous, 0), i.e. where it is positive.
+    rho_2 = torch.where(val_constraint > 0.9 * val_constraint.clamp(min=0), 2.0, 1.0).double()
+    assert (rho_2 == 2.0).any() and (rho_2 == 1.0).any()  # the example exercises both branches
+    torch.testing.assert_close(trainer.loss_fn.lambd.cpu(), lambd_2, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(trainer.loss_fn.rho.cpu(), rho_2, rtol=0, atol=0)
+    logged = [entry for entry in trainer.state.log_history if "cals_lambda_mean" in entry]
+    assert [entry["cals_lambda_mean"] for entry in logged] == pytest.approx(
+        [lambd_1.mean().item(), lambd_2.mean().item()], rel=1e-5
+    )
+    assert [entry["cals_rho"] for entry in logged] == pytest.approx([1.0, rho_2.mean().item()])
+
+
+def test_cals_without_evaluation_takes_rho_from_the_training_constraint(tmp_path):
+    train = sequence_dataset(24)
+    model = tiny_sequence_classifier()
+    with torch.no_grad():
+        model.classifier.weight.mul_(20.0)
+        logits = model(input_ids=torch.tensor(train["input_ids"])).logits
+    args = config(tmp_path, learning_rate=0.0, num_train_epochs=2, per_device_train_batch_size=8, **CALS)
+    trainer = CalibrationTrainer(model=model, args=args, train_dataset=train)
+    trainer.train()
+    _, constraint = cals_reference_update(logits, torch.tensor(train["labels"]), 0.01, 1.0, 0.05)
+    expected = torch.where(constraint > 0.9 * constraint.clamp(min=0), 2.0, 1.0).double()
+    torch.testing.assert_close(trainer.loss_fn.rho.cpu(), expected, rtol=0, atol=0)
+
+
+def test_cals_gradient_accumulation_is_exact(tmp_path):
+    data = sequence_dataset(45, ignored_every=3)
+    runs = {}
+    for batch, accumulation in [(8, 1), (4, 2)]:
+        model = tiny_sequence_classifier()
+        args = config(
+            tmp_path / f"{batch}x{accumulation}", per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation, num_train_epochs=2, **CALS,
+        )  # fmt: skip
+        trainer = CalibrationTrainer(model=model, args=args, train_dataset=data)
+        trainer.train()
+        runs[batch] = (flat_parameters(model), trainer.loss_fn.lambd.clone(), trainer.loss_fn.rho.clone())
+    assert not torch.allclose(runs[8][1], torch.full((3,), 0.01, dtype=torch.float64))  # the multipliers moved
+    torch.testing.assert_close(runs[4][0], runs[8][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(runs[4][1], runs[8][1], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(runs[4][2], runs[8][2], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("checkpoint", ["checkpoint-4", "checkpoint-6"])
+def test_resume_restores_cals_multipliers(tmp_path, checkpoint):
+    # 3 epochs of 3 steps. checkpoint-4 is inside epoch 2 (its running statistics are in the checkpoint); with
+    # save_strategy="epoch", checkpoint-6 is written after epoch 2's multiplier update.
+    data = sequence_dataset(24)
+    save = {"save_strategy": "steps", "save_steps": 4} if checkpoint == "checkpoint-4" else {"save_strategy": "epoch"}
+    kwargs = dict(per_device_train_batch_size=8, num_train_epochs=3, **save, **CALS)
+    model = tiny_sequence_classifier()
+    full = CalibrationTrainer(model=model, args=config(tmp_path / "full", **kwargs), train_dataset=data)
+    full.train()
+    resumed_model = tiny_sequence_classifier(seed=1)
+    resumed = CalibrationTrainer(model=resumed_model, args=config(tmp_path / "resumed", **kwargs), train_dataset=data)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / checkpoint))
+    torch.testing.assert_close(flat_parameters(resumed_model), flat_parameters(model), atol=1e-6, rtol=0)
+    torch.testing.assert_close(resumed.loss_fn.lambd, full.loss_fn.lambd, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(resumed.loss_fn.rho, full.loss_fn.rho, rtol=0, atol=0)
+
+
 @pytest.mark.slow
-def test_two_processes_resume_from_an_epochs_last_step(tmp_path):
-    # Two processes, an alpha schedule, resumed from the step checkpoint written before the first epoch's on_epoch_end.
-    _, metrics = _run(TWO_PROCESSES, tmp_path, "resume", "resume")
-    full, resumed = metrics["full"], metrics["resumed"]
-    assert metrics["world_size"] == 2
-    assert full["alpha"] == pytest.approx(0.5 + 2 * 0.25) and resumed["alpha"] == pytest.approx(full["alpha"])
-    assert metrics["resumed_params_diff"] < 1e-6
-    assert len(resumed["logs"]) == len(full["logs"]) == 6
-    for a, b in zip(resumed["logs"], full["logs"]):
-        for key in ("step", "loss", "loss_ce", "loss_margin", "grad_norm"):
-            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
-    for key in ("eval_loss", "eval_loss_ce", "eval_loss_margin", "eval_accuracy", "eval_ece", "eval_nll"):
-        assert resumed[key] == pytest.approx(full[key], rel=1e-5, abs=1e-7), key
+def test_cals_two_processes_equal_one(tmp_path):
+    # The multipliers are updated from the epoch statistics of both processes summed: the same as one process.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no"]  # fmt: skip
+    params_1, metrics_1 = _run(launch + ["--num_processes", "1"], tmp_path, "one", "cals")
+    two = launch + ["--multi_gpu", "--num_processes", "2", "--main_process_port", "29534"]
+    params_2, metrics_2 = _run(two, tmp_path, "two", "cals")
+    assert metrics_2["world_size"] == 2 and metrics_1["world_size"] == 1
+    assert metrics_1["lambd"] != pytest.approx([1e-6] * 3)  # the multipliers moved
+    torch.testing.assert_close(params_2, params_1, atol=1e-5, rtol=0)
+    assert metrics_2["lambd"] == pytest.approx(metrics_1["lambd"], rel=1e-5)
+    assert metrics_2["rho"] == metrics_1["rho"]

@@ -48,13 +48,18 @@ def test_default_grids_in_words_for_the_help_and_the_readme():
 
     assert describe_default_grids() == (
         "ls: ls_epsilon 0.01,0.05,0.1,0.2; focal: focal_gamma 1,2,3,5; ecp: ecp_beta 0.05,0.1,0.2,0.5; "
-        "mmce: mmce_weight 0.5,1,2,4; mbls: margin 0,2,4,6,8,10 x alpha 0.1,0.5,1; ce, flsd and brier have nothing "
+        "mmce: mmce_weight 0.5,1,2,4; mbls: margin 0,2,4,6,8,10 x alpha 0.1,0.5,1; acls: acls_margin 6,8,10,12 x "
+        "acls_alpha 0.05,0.1,0.2; dfl: dfl_gamma 2,3,4,5; cals: cals_margin 5,10,20; ce, flsd and brier have nothing "
         "to search"
     )
     help_text = SearchArguments.__dataclass_fields__["search_grid"].metadata["help"]
     assert describe_default_grids() in help_text
     assert SEARCHABLE_HPARAMS["mbls"] == {"margin": "margin", "alpha": "alpha"}
-    assert set(SEARCHABLE_HPARAMS) == set(DEFAULT_SEARCH_GRIDS) == {"ls", "focal", "ecp", "mmce", "mbls"}
+    assert (
+        set(SEARCHABLE_HPARAMS)
+        == set(DEFAULT_SEARCH_GRIDS)
+        == {"ls", "focal", "ecp", "mmce", "mbls", "acls", "dfl", "cals"}
+    )
 
 
 def test_grid_strings_and_dicts():

@@ -50,6 +50,28 @@ def ref_rows(name, z, y, stable=False, **kw):
         margin, alpha = kw.get("margin", 10.0), kw.get("alpha", 0.1)
         mx = z.gather(1, z.argmax(1, keepdim=True)).squeeze(1)  # tie rule: the max's grad goes to the first max
         return ce + alpha * F.relu((mx[:, None] - margin) - z).mean(1)
+    if name == "acls":
+        margin, alpha = kw.get("margin", 10.0), kw.get("alpha", 0.1)
+        pos_lambda, neg_lambda = kw.get("pos_lambda", 1.0), kw.get("neg_lambda", 0.1)
+        mx = z.max(dim=1).values[:, None]  # the reference's inputs.max(dim=1): the max's grad goes to its index
+        indicator = (z.detach() == mx.detach()).to(z.dtype)
+        pos = (indicator * F.relu(mx - margin) ** 2).sum(1)
+        neg = ((1 - indicator) * F.relu(mx.detach() - z - margin) ** 2).sum(1) / (z.shape[1] - 1)
+        return ce + alpha * (pos_lambda * pos + neg_lambda * neg)
+    if name == "dfl":
+        gamma = kw.get("gamma", 3.0)
+        p_y = (onehot * p).sum(1)
+        below = (p < p_y[:, None]).to(z.dtype)  # the reference's torch.lt(softmax, p_k) mask, then topk(mask * p, 1)
+        p_j = (below * p).max(dim=1).values
+        return -((1 - p_y + p_j) ** gamma) * torch.log(p_y)
+    if name == "cals":
+        margin = kw.get("margin", 20.0)
+        lambd = torch.full((z.shape[1],), kw.get("lambda_min", 1e-6), dtype=z.dtype)
+        rho = torch.full((z.shape[1],), kw.get("rho_min", 1.0), dtype=z.dtype)
+        h = (z.amax(dim=1, keepdim=True) - z - margin) / margin  # the reference's get_constraints (normalize=True)
+        x = lambd + rho * h  # the reference's phr penalty
+        penalty = torch.where(x >= 0, (x**2 - lambd**2) / (2 * rho), -(lambd**2) / (2 * rho))
+        return ce + penalty.mean(1)
     raise AssertionError(name)
 
 
@@ -90,6 +112,23 @@ HAND = {
     # MbLS margin=0.5, alpha=0.5: max - z = [0, ln 2, ln 2] and [0, ln 4, ln 4]; relu(d - 0.5) sums to
     # 2 (ln 2 - 0.5) and 2 (ln 4 - 0.5); mean over 2 x 3 entries = (6 ln 2 - 2) / 6 = (3 ln 2 - 1) / 3.
     "mbls": ({"margin": 0.5, "alpha": 0.5}, (LN2 + LN6) / 2 + 0.5 * (3 * LN2 - 1) / 3),
+    # ACLS margin=0.5, alpha=0.5 (pos_lambda 1, neg_lambda 0.1): row maxima ln 2 and ln 4 (no ties), so
+    # pos = (ln 2 - 0.5)^2 and (ln 4 - 0.5)^2; the two other logits (0) are at distance max - 0 from the max, so
+    # neg = 2 (max - 0.5)^2 / (C - 1 = 2) = pos; mean = CE + 0.5 * (1 + 0.1) * ((ln 2 - .5)^2 + (ln 4 - .5)^2) / 2.
+    "acls": (
+        {"margin": 0.5, "alpha": 0.5},
+        (LN2 + LN6) / 2 + 0.5 * 1.1 * ((LN2 - 0.5) ** 2 + (LN4 - 0.5) ** 2) / 2,
+    ),
+    # DFL gamma=2: row 1 p_y = 1/2, largest p strictly below it p_j = 1/4: (1 - 1/2 + 1/4)^2 ln 2 = 9/16 ln 2;
+    # row 2 p_y = 1/6, no p strictly below (the other 1/6 ties, 2/3 is above): p_j = 0, (5/6)^2 ln 6.
+    "dfl": ({"gamma": 2.0}, (9 / 16 * LN2 + 25 / 36 * LN6) / 2),
+    # CALS margin=0.5, lambda=0.5, rho=1: h = (max - z - 0.5) / 0.5 = [-1, 2 ln 2 - 1, 2 ln 2 - 1] and
+    # [-1, 4 ln 2 - 1, 4 ln 2 - 1]; x = 0.5 + h; x < 0 at the maxima: P = -0.5^2 / 2 = -0.125; elsewhere
+    # P = (x^2 - 0.25) / 2. Mean over 6 entries: ((2 ln 2 - .5)^2 + (4 ln 2 - .5)^2 - 0.75) / 6.
+    "cals": (
+        {"margin": 0.5, "lambda_min": 0.5, "rho_min": 1.0},
+        (LN2 + LN6) / 2 + ((2 * LN2 - 0.5) ** 2 + (4 * LN2 - 0.5) ** 2 - 0.75) / 6,
+    ),
 }
 
 
@@ -126,7 +165,11 @@ def test_equals_float64_reference_value_and_grad(name):
 def test_gradcheck_float64(name, reduction):
     z, y = random_logits(6, 4, seed=2)  # random: no ties in the max, p_y away from FLSD's 0.2 switch
     y[2] = -100
-    loss = build_loss(name, reduction=reduction, **({"margin": 1.0} if name == "mbls" else {}))
+    # Margins small enough for the penalties to be active. ACLS's gradient of the other-classes term treats the max as
+    # a constant (the reference detaches it), so it is not the derivative of the value gradcheck differentiates
+    # numerically: checked here with neg_lambda = 0, and against autograd through the detached formula elsewhere.
+    kwargs = {"mbls": {"margin": 1.0}, "acls": {"margin": 1.0, "neg_lambda": 0.0}, "cals": {"margin": 1.0}}
+    loss = build_loss(name, reduction=reduction, **kwargs.get(name, {}))
     assert torch.autograd.gradcheck(lambda t: loss(t, y), (z.requires_grad_(),))
 
 
@@ -140,6 +183,10 @@ def test_special_cases_equal_cross_entropy():
         build_loss("focal", gamma=0.0),
         build_loss("ecp", beta=0.0),
         build_loss("mmce", weight=0.0),
+        build_loss("acls", pos_lambda=0.0, neg_lambda=0.0, margin=0.0),
+        build_loss("acls", alpha=0.0, margin=0.0),
+        build_loss("dfl", gamma=0.0),
+        build_loss("cals", lambda_min=0.0, rho_min=0.0, rho_max=0.0, margin=0.5),  # zero multipliers, rho 0
         build_loss("ce"),
     ):
         torch.testing.assert_close(loss(z, y), ce, rtol=1e-12, atol=1e-12)
@@ -447,7 +494,9 @@ def test_state_dict_rejects_bad_alpha():
 # The registry: one table of losses (issue 12).
 # ---------------------------------------------------------------------------------------------------------------
 def test_registry_is_the_one_list_of_losses():
-    assert L.LOSS_NAMES == tuple(L.LOSS_REGISTRY) == ("ce", "ls", "focal", "flsd", "ecp", "mmce", "brier", "mbls")
+    assert L.LOSS_NAMES == tuple(L.LOSS_REGISTRY) == (
+        "ce", "ls", "focal", "flsd", "ecp", "mmce", "brier", "mbls", "acls", "dfl", "cals",
+    )  # fmt: skip
     for name, spec in L.LOSS_REGISTRY.items():
         assert spec.name == name
         assert type(build_loss(name)) is spec.cls
@@ -600,3 +649,159 @@ def test_mbls_gradient_penalty_equals_autograd_formula():
     MarginLoss(margin=1.0, alpha=0.5)(z3, y).backward()
     assert not z3.grad.requires_grad
     torch.testing.assert_close(z3.grad, g2.detach(), rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ACLS, dual focal loss and CALS (issue 16): the fused kernels against autograd through the reference formulas.
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("acls", {"margin": 2.0, "alpha": 0.3, "pos_lambda": 0.7, "neg_lambda": 0.4}),
+        ("acls", {"margin": 0.0}),
+        ("dfl", {"gamma": 2.5}),
+        ("dfl", {"gamma": 0.5}),
+        ("cals", {"margin": 3.0, "lambda_min": 0.2, "rho_min": 2.0}),
+    ],
+)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_new_losses_fused_equal_autograd_reference(name, kwargs, reduction, monkeypatch):
+    monkeypatch.setattr(L, "_BLOCK_ELEMENTS", 5 * 7)  # many row blocks, a ragged last one
+    z, y = random_logits(37, 7, seed=21, scale=4.0)
+    y[[3, 11, 30]] = -100
+    upstream = torch.rand(37, dtype=torch.float64) - 0.5
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    ours = build_loss(name, reduction=reduction, **kwargs)(z1, y)
+    valid = y != -100
+    rows = ref_rows(name, z2[valid], y[valid], **kwargs)
+    if reduction == "none":
+        ref = torch.zeros(37, dtype=torch.float64).masked_scatter(valid, rows)
+        (ours * upstream).sum().backward()
+        (ref * upstream).sum().backward()
+    else:
+        ref = rows.mean()
+        ours.backward()
+        ref.backward()
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-10, atol=1e-13)
+
+
+def test_acls_and_cals_ties_in_the_max():
+    # ACLS counts every tied maximum in the top-logit term (the reference's indicator) and sends the gradient to the
+    # first; CALS shares the max's gradient evenly among the tied maxima (the reference's amax).
+    z = torch.tensor([[3.0, 3.0, 0.0], [2.0, -1.0, 2.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    y = torch.tensor([2, 0, 1])
+    for name, kwargs in (("acls", {"margin": 1.0, "neg_lambda": 1.0}), ("cals", {"margin": 1.0, "lambda_min": 0.3})):
+        z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+        build_loss(name, reduction="sum", **kwargs)(z1, y).backward()
+        ref_rows(name, z2, y, **kwargs).sum().backward()
+        torch.testing.assert_close(z1.grad, z2.grad, rtol=0, atol=1e-14)
+    # Hand check of ACLS row 0 (margin 1, alpha 0.1, pos_lambda 1): two maxima 3 -> pos = 2 * (3 - 1)^2 = 8.
+    loss = build_loss("acls", margin=1.0, reduction="none")
+    loss(z, y)
+    assert loss.last_parts["pos"][0].item() == pytest.approx(8.0, abs=1e-12)
+
+
+def test_dual_focal_p_j_is_the_largest_probability_below_the_target():
+    # p = [0.5, 0.3, 0.2]: target 0 -> p_j = 0.3; target 1 -> p_j = 0.2; target 2 (the smallest) -> p_j = 0.
+    z = torch.log(torch.tensor([[0.5, 0.3, 0.2]] * 3, dtype=torch.float64))
+    y = torch.tensor([0, 1, 2])
+    out = build_loss("dfl", gamma=1.0, reduction="none")(z, y)
+    expected = [(1 - 0.5 + 0.3) * math.log(1 / 0.5), (1 - 0.3 + 0.2) * math.log(1 / 0.3), 0.8 * math.log(1 / 0.2)]
+    torch.testing.assert_close(out, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("name", ["acls", "dfl", "cals"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_new_losses_compute_half_precision_in_float32(name, dtype):
+    z, y = random_logits(64, 10, dtype=torch.float32, scale=6.0, seed=22)
+    z_half = z.to(dtype).requires_grad_()
+    z_ref = z_half.detach().float().requires_grad_()  # the same values, upcast
+    kwargs = {"margin": 2.0} if name != "dfl" else {}
+    out = build_loss(name, **kwargs)(z_half, y)
+    ref = build_loss(name, **kwargs)(z_ref, y)
+    out.backward()
+    ref.backward()
+    assert out.dtype == torch.float32 and torch.isfinite(out)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    assert z_half.grad.dtype == dtype
+    torch.testing.assert_close(z_half.grad.float(), z_ref.grad.to(dtype).float(), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CALS multipliers: the end-of-epoch update and its state.
+# ---------------------------------------------------------------------------------------------------------------
+def test_cals_multiplier_update_by_hand():
+    loss = L.ClassAdaptiveLoss(
+        margin=1.0, lambda_min=0.5, rho_min=1.0, rho_max=10.0, rho_step=1, rho_gamma=2.0, tao=0.9
+    )
+    # Epoch 0, one batch z = [[3, 0], [0, 0]], y = [0, 1], lambda = 0.5, rho = 1; h = (max - z - 1) / 1:
+    #   row 0: h = [-1, 2] -> r = relu(0.5 + h) = [0, 2.5]; row 1 (tied max 0): h = [-1, -1] -> r = [0, 0].
+    #   clamp(r, 0.5, 1e6) summed over rows: [0.5 + 0.5, 2.5 + 0.5] = [1, 3]; over 2 rows lambda = [0.5, 1.5].
+    #   mean constraint [(-1 - 1) / 2, (2 - 1) / 2] = [-1, 0.5]; no previous epoch, so rho stays [1, 1].
+    loss(torch.tensor([[3.0, 0.0], [0.0, 0.0]], dtype=torch.float64), torch.tensor([0, 1]))
+    assert loss.epoch_statistics["count"].item() == 2
+    loss.update_multipliers(epoch=0)
+    assert loss.lambd.tolist() == [0.5, 1.5] and loss.rho.tolist() == [1.0, 1.0]
+    assert loss.epoch_statistics["count"].item() == 0  # reset for the next epoch
+    # Epoch 1, z = [[0, 2]], y = [1]: h = [(2 - 0 - 1) / 1, -1] = [1, -1]; r = [relu(0.5 + 1), relu(1.5 - 1)] =
+    #   [1.5, 0.5]; P = (r^2 - lambda^2) / 2 = [(2.25 - 0.25) / 2, (0.25 - 2.25) / 2] = [1, -1], mean 0, so the loss
+    #   is the cross-entropy log(1 + e^-2). lambda <- [1.5, 0.5]. Constraint [1, -1] vs previous [-1, 0.5]:
+    #   class 0: 1 > 0.9 * max(-1, 0) = 0 -> rho 1 * 2 = 2; class 1: -1 <= 0.9 * 0.5 -> stays 1.
+    value = loss(torch.tensor([[0.0, 2.0]], dtype=torch.float64), torch.tensor([1]))
+    assert value.item() == pytest.approx(math.log(1 + math.exp(-2)), abs=1e-12)
+    assert loss.last_parts["penalty"].item() == pytest.approx(0.0, abs=1e-12)
+    loss.update_multipliers(epoch=1)
+    assert loss.lambd.tolist() == [1.5, 0.5] and loss.rho.tolist() == [2.0, 1.0]
+    # Validation statistics drive the rho update when given: a constraint that dropped keeps rho.
+    loss(torch.tensor([[0.0, 2.0]], dtype=torch.float64), torch.tensor([1]))
+    validation = {"count": torch.tensor(1.0), "constraint": torch.tensor([-3.0, -3.0])}
+    loss.update_multipliers(epoch=2, validation=validation)
+    assert loss.rho.tolist() == [2.0, 1.0]
+    # rho_max caps the growth (rho_step 1, constraint rising each epoch).
+    for epoch in range(3, 10):
+        loss(torch.tensor([[0.0, 2.0 + epoch]], dtype=torch.float64), torch.tensor([1]))
+        loss.update_multipliers(epoch=epoch)
+    assert loss.rho[0].item() == 10.0
+
+
+def test_cals_eval_mode_does_not_accumulate_and_state_round_trips():
+    z, y = random_logits(20, 4, seed=23)
+    loss = L.ClassAdaptiveLoss(margin=2.0, rho_step=2)
+    loss(z, y)
+    loss.update_multipliers(epoch=0)
+    loss(z[:7], y[:7])  # part of an epoch: running statistics in the state
+    loss.eval()
+    loss(z, y)  # a validation forward: last_statistics only
+    loss.train()
+    assert loss.epoch_statistics["count"].item() == 7 and loss.last_statistics["count"].item() == 20
+    buffer = io.BytesIO()
+    torch.save(loss.state_dict(), buffer)
+    buffer.seek(0)
+    restored = L.ClassAdaptiveLoss(margin=2.0, rho_step=2)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    for a, b in ((loss, restored),):
+        torch.testing.assert_close(b.lambd, a.lambd, rtol=0, atol=0)
+        torch.testing.assert_close(b.previous_constraint, a.previous_constraint, rtol=0, atol=0)
+        for key in a.statistic_names:
+            torch.testing.assert_close(b.epoch_statistics[key], a.epoch_statistics[key], rtol=0, atol=0)
+    # Multipliers of another number of classes are refused at the next forward.
+    wrong = L.ClassAdaptiveLoss(margin=2.0)
+    wrong.load_state_dict({"_extra_state": {**loss.get_extra_state(), "lambd": torch.ones(5), "rho": torch.ones(5)}})
+    with pytest.raises(ValueError, match="4 classes.*set for 5"):
+        wrong(z, y)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"margin": 0.0}, "margin.*> 0"),
+        ({"lambda_min": 2.0, "lambda_max": 1.0}, "lambda_min.*<=.*lambda_max"),
+        ({"rho_min": -1.0}, "rho_min"),
+        ({"rho_step": -1}, "rho_step.*>= 0"),
+        ({"rho_gamma": 0.5}, "rho_gamma.*>= 1"),
+    ],
+)
+def test_cals_bad_hyper_parameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_loss("cals", **kwargs)
