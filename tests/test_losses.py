@@ -63,7 +63,7 @@ def ref_rows(name, z, y, stable=False, **kw):
         p_y = (onehot * p).sum(1)
         below = (p < p_y[:, None]).to(z.dtype)  # the reference's torch.lt(softmax, p_k) mask, then topk(mask * p, 1)
         p_j = (below * p).max(dim=1).values
-        return -((1 - p_y + p_j) ** gamma) * torch.log(p_y)
+        return -((1 - p_y + p_j) ** gamma) * (onehot * logp).sum(1)
     if name == "cals":
         margin = kw.get("margin", 20.0)
         lambd = torch.full((z.shape[1],), kw.get("lambda_min", 1e-6), dtype=z.dtype)
