@@ -176,7 +176,10 @@ def train_calibrate_and_test(trainer: CalibrationTrainer, data, search_args: Sea
     search = {}
     if search_args.search_hparams:
         search = search_calibration_hparams(
-            trainer, search_args.search_grid, max_accuracy_drop=search_args.max_accuracy_drop
+            trainer,
+            search_args.search_grid,
+            max_accuracy_drop=search_args.max_accuracy_drop,
+            selection_metric=search_args.selection_metric,
         ).summary()
     train_result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
     trainer.fit_temperature(data["validation"])
