@@ -54,6 +54,7 @@ row); everything else is in bin 0, whose sum comes from the column sums. On CPU 
 from __future__ import annotations
 
 import math
+import statistics
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -1168,13 +1169,22 @@ def brier_score(scores, labels, *, n_bins=15, from_logits=True, ignore_index=-10
     return _compute(("brier",), scores, labels, n_bins, from_logits, ignore_index)["brier"]
 
 
-def reliability_bins(scores, labels, *, n_bins=15, from_logits=True, ignore_index=-100) -> dict[str, list]:
+def reliability_bins(
+    scores, labels, *, n_bins=15, from_logits=True, ignore_index=-100, confidence=None
+) -> dict[str, list]:
     """Per equal-width bin of the top-label confidence, the table behind a reliability diagram.
     {args}
+        confidence (`float`, *optional*):
+            A coverage in (0, 1), e.g. 0.95: adds the Wilson score interval of each bin's accuracy (`k` correct of
+            `n`, `z` the normal quantile of `(1 + confidence) / 2`: `(k/n + z^2/2n +- z sqrt(k/n (1 - k/n) / n +
+            z^2/4n^2)) / (1 + z^2/n)`). It treats the positions of a bin as independent draws, which they are not
+            quite for the tokens of one sequence or the pixels of one image (the interval is then too narrow).
+
     Returns:
         `dict[str, list]`: JSON-serialisable lists of length `n_bins`: `bin_lower` (`b/n`), `bin_upper`
         (`(b+1)/n`), `count` (int), `confidence` (mean confidence) and `accuracy` (fraction correct); the last two
-        are `None` for empty bins.
+        are `None` for empty bins. With `confidence`, also `accuracy_low` and `accuracy_high` (`None` for empty
+        bins).
 
     Examples:
 
@@ -1185,19 +1195,43 @@ def reliability_bins(scores, labels, *, n_bins=15, from_logits=True, ignore_inde
     ...                          from_logits=False)
     >>> table["count"], table["confidence"], table["accuracy"]
     ([0, 2], [None, 0.75], [None, 0.5])
+    >>> # 1 of 2 right, z = 1.96: (0.5 + 0.9604 +- 1.96 sqrt(0.125 + 0.2401)) / 2.9208 = 0.5 +- 0.4055
+    >>> table = reliability_bins(torch.tensor([[0.75, 0.25], [0.25, 0.75]]), torch.tensor([0, 0]), n_bins=2,
+    ...                          from_logits=False, confidence=0.95)
+    >>> [round(v, 4) for v in table["accuracy_low"] + table["accuracy_high"] if v is not None]
+    [0.0945, 0.9055]
     """
     n_bins = _check_options(n_bins, from_logits, ignore_index)
+    if confidence is not None:
+        if isinstance(confidence, bool) or not isinstance(confidence, (int, float, np.floating)):
+            raise TypeError(f"`confidence` must be None or a number in (0, 1), e.g. 0.95, got {confidence!r}.")
+        if not 0.0 < confidence < 1.0:
+            raise ValueError(f"`confidence` must be None or in (0, 1) (a fraction, e.g. 0.95), got {confidence}.")
     x, y, valid = _prepare(scores, labels, int(ignore_index))
     with torch.no_grad():
         stats = _scan(x, y, valid, bool(from_logits), n_bins, {"top"})
         count, conf_sum, acc_sum = (stats[k].tolist() for k in ("count", "conf_sum", "acc_sum"))
-    return {
+    table = {
         "bin_lower": [b / n_bins for b in range(n_bins)],
         "bin_upper": [(b + 1) / n_bins for b in range(n_bins)],
         "count": [int(c) for c in count],
         "confidence": [s / c if c else None for s, c in zip(conf_sum, count)],
         "accuracy": [s / c if c else None for s, c in zip(acc_sum, count)],
     }
+    if confidence is not None:
+        z = statistics.NormalDist().inv_cdf((1.0 + float(confidence)) / 2.0)
+        bounds = [_wilson(k, n, z) if n else (None, None) for k, n in zip(acc_sum, count)]
+        table["accuracy_low"] = [low for low, _ in bounds]
+        table["accuracy_high"] = [high for _, high in bounds]
+    return table
+
+
+def _wilson(k: float, n: float, z: float) -> tuple[float, float]:
+    """Wilson score interval of a proportion `k / n` at normal quantile `z` (Wilson 1927)."""
+    p, z2 = k / n, z * z
+    center = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(center - half, 0.0), min(center + half, 1.0)
 
 
 for _fn in (

@@ -212,7 +212,8 @@ class CalibrationTrainer(Trainer):
 
             os.makedirs(self.args.output_dir, exist_ok=True)
             path = os.path.join(self.args.output_dir, f"reliability_{self._metric_prefix}{suffix}.png")
-            save_reliability_diagram(path, logits, labels, **settings)
+            # per-bin 95% intervals: a gap in a sparse bin of a small validation set is often noise (issue 15)
+            save_reliability_diagram(path, logits, labels, **settings, confidence=0.95)
 
     # ---- temperature scaling ----
 

@@ -223,6 +223,29 @@ def test_bin_edges_are_right_closed():
     assert table["bin_upper"] == [0.25, 0.5, 0.75, 1.0]
 
 
+def test_reliability_bins_wilson_intervals_equal_scipy():
+    from scipy.stats import binomtest
+
+    logits, labels = random_logits(500, 4, seed=12)
+    table = reliability_bins(logits, labels, n_bins=8, confidence=0.9)
+    for k, n, low, high in zip(
+        (a * c if c else 0 for a, c in zip(table["accuracy"], table["count"])),
+        table["count"],
+        table["accuracy_low"],
+        table["accuracy_high"],
+    ):
+        if n == 0:
+            assert low is None and high is None
+            continue
+        ref = binomtest(round(k), n).proportion_ci(0.9, method="wilson")
+        assert (low, high) == pytest.approx((ref.low, ref.high), abs=1e-12)
+    assert "accuracy_low" not in reliability_bins(logits, labels, n_bins=8)
+    with pytest.raises(ValueError, match=r"`confidence` must be None or in \(0, 1\)"):
+        reliability_bins(logits, labels, confidence=1.0)
+    with pytest.raises(TypeError, match="`confidence`"):
+        reliability_bins(logits, labels, confidence="0.9")
+
+
 def test_reliability_bins_json_and_empty_bins():
     logits, labels = random_logits(200, 4, seed=3)
     table = reliability_bins(logits, labels, n_bins=20)
