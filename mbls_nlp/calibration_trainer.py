@@ -449,7 +449,9 @@ class CalibrationTrainer(Trainer):
 
             os.makedirs(self.args.output_dir, exist_ok=True)
             path = os.path.join(self.args.output_dir, f"reliability_{self._metric_prefix}{suffix}.png")
-            save_reliability_diagram(path, logits, labels, title=self._diagram_title(suffix == "_ts"), **settings)
+            # per-bin 95% intervals: a gap in a sparse bin of a small validation set is often noise (issue 15)
+            title = self._diagram_title(suffix == "_ts")
+            save_reliability_diagram(path, logits, labels, title=title, confidence=0.95, **settings)
 
     def loss_description(self) -> str:
         """The loss and its hyper-parameters as text, e.g. `mbls (margin=10.0, alpha=0.1)`."""
