@@ -284,7 +284,7 @@ def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
         row += [f"{np.mean([r['wall_time_s'] for r in members]) / 60:.1f}"]
         lines.append("| " + " | ".join(row) + " |")
     # Paired differences on the same 7,532 test messages, per seed (CE of the same seed), with paired bootstrap
-    # intervals over test messages; "excl. 0" counts the seeds whose interval excludes zero in the favourable direction.
+    # intervals over test messages; "better"/"worse" count the seeds whose interval excludes zero either way.
     lines += [
         "",
         f"### Paired differences to CE and to CE + temperature scaling (same seed, same test messages; "

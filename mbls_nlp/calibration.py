@@ -1191,7 +1191,9 @@ def _wilson(k: float, n: float, z: float) -> tuple[float, float]:
     p, z2 = k / n, z * z
     center = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(center - half, 0.0), min(center + half, 1.0)
+    # The interval contains p exactly; at p = 0 or 1 rounding put its end 1e-16 on the wrong side (a negative
+    # error bar that matplotlib refuses), so the ends are clamped to p as well as to [0, 1].
+    return max(min(center - half, p), 0.0), min(max(center + half, p), 1.0)
 
 
 for _fn in (

@@ -1,4 +1,5 @@
-"""`CalibrationTrainer`: `transformers.Trainer` with a calibration loss, its parts in the logs and calibration metrics."""
+"""`CalibrationTrainer`: `transformers.Trainer` with a calibration loss, its parts in the logs and calibration
+metrics."""
 
 from __future__ import annotations
 
@@ -112,7 +113,8 @@ class CalibrationTrainer(Trainer):
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         if not isinstance(training_args, CalibrationConfig):
             raise TypeError(
-                f"`args` must be a CalibrationConfig (a TrainingArguments subclass), got {type(training_args).__name__}."
+                "`args` must be a CalibrationConfig (a TrainingArguments subclass), "
+                f"got {type(training_args).__name__}."
             )
         self._user_compute_metrics = compute_metrics
         wants_metrics = training_args.calibration_metrics or compute_metrics is not None

@@ -122,7 +122,8 @@ def _check_rule(max_accuracy_drop: Any, selection_metric: Any) -> None:
     if max_accuracy_drop is not None:
         if isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, (int, float)):
             raise TypeError(
-                f"`max_accuracy_drop` must be None (the accuracy test) or a number of points, got {max_accuracy_drop!r}."
+                "`max_accuracy_drop` must be None (the accuracy test) or a number of points, "
+                f"got {max_accuracy_drop!r}."
             )
         if not 0.0 <= max_accuracy_drop <= 100.0:
             raise ValueError(
@@ -196,7 +197,8 @@ def parse_search_grid(grid: str | dict | None, loss_type: str) -> dict[str, tupl
     for name, values in grid.items():
         if name not in allowed:
             raise ValueError(
-                f"`search_grid` cannot vary {name!r} for loss_type={loss_type!r}; allowed: {sorted(allowed) or 'none'}."
+                f"`search_grid` cannot vary {name!r} for loss_type={loss_type!r}; "
+                f"allowed: {sorted(allowed) or 'none'}."
             )
         if not values:
             raise ValueError(f"`search_grid` gives no value for {name!r}.")

@@ -16,7 +16,8 @@ Examples:
 
     # Offline, from local files, header block skipped like the paper's loader:
     accelerate launch recipes/text_classification.py \\
-        --train_file ../shared/data/20newsgroups/train.jsonl.gz --test_file ../shared/data/20newsgroups/test.jsonl.gz \\
+        --train_file ../shared/data/20newsgroups/train.jsonl.gz \\
+        --test_file ../shared/data/20newsgroups/test.jsonl.gz \\
         --newsgroups_cleanup headers --output_dir runs/20ng-mbls
 
     # Any Hugging Face encoder (Hub name or local folder), label smoothing instead of MbLS:
@@ -155,7 +156,8 @@ class ModelArguments:
 @dataclass
 class TextDataArguments(DataArguments):
     local_files_hint = (
-        "--train_file ../shared/data/20newsgroups/train.jsonl.gz --test_file ../shared/data/20newsgroups/test.jsonl.gz "
+        "--train_file ../shared/data/20newsgroups/train.jsonl.gz "
+        "--test_file ../shared/data/20newsgroups/test.jsonl.gz "
         "--newsgroups_cleanup headers (the 20 Newsgroups bydate split as JSON lines, see recipes/README.md)"
     )
     text_column: str = field(default="text", metadata={"help": "Column holding the text."})

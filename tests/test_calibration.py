@@ -246,6 +246,21 @@ def test_reliability_bins_wilson_intervals_equal_scipy():
         reliability_bins(logits, labels, confidence="0.9")
 
 
+@pytest.mark.parametrize("n", [1, 7, 30, 1000])
+def test_wilson_interval_contains_an_all_right_or_all_wrong_bin(n):
+    # A bin whose positions are all right (accuracy 1) or all wrong (0): the Wilson interval's end is exactly that
+    # accuracy (mathematically; rounding once gave 1 - 1.1e-16 and a negative error bar in the diagram).
+    confidence = torch.tensor([[0.97, 0.03]]).repeat(n, 1)
+    right = reliability_bins(confidence, torch.zeros(n, dtype=torch.long), from_logits=False, confidence=0.95)
+    wrong = reliability_bins(confidence, torch.ones(n, dtype=torch.long), from_logits=False, confidence=0.95)
+    (i,) = [b for b, c in enumerate(right["count"]) if c]
+    assert right["accuracy_high"][i] == 1.0 and right["accuracy_low"][i] < 1.0
+    assert wrong["accuracy_low"][i] == 0.0 and wrong["accuracy_high"][i] > 0.0
+    reliability_diagram_module = pytest.importorskip("mbls_nlp.plotting")
+    reliability_diagram_module.reliability_diagram(confidence, torch.zeros(n, dtype=torch.long), from_logits=False,
+                                                   confidence=0.95)  # fmt: skip
+
+
 def test_reliability_bins_json_and_empty_bins():
     logits, labels = random_logits(200, 4, seed=3)
     table = reliability_bins(logits, labels, n_bins=20)

@@ -1,4 +1,5 @@
-"""The validation-only hyper-parameter search: grid parsing, the selection rule, the trainer search and the recipe flag."""
+"""The validation-only hyper-parameter search: grid parsing, the selection rule, the trainer search and the recipe
+flag."""
 
 import csv
 import json
