@@ -19,8 +19,8 @@ Regimes (sized for a 2-core CPU; the same budget for every loss, see benchmarks/
 - `cnn`: the paper's global-pooling text CNN with MiniLM's input embeddings frozen (standing in for frozen GloVe),
   256 tokens per message (the paper: 1,000), header block skipped, AdamW at 1e-3 with linear decay, batch 128,
   10 epochs, validation evaluated every epoch. Cross-entropy over-fits here (validation ECE climbs with the epochs).
-  These are the recipe's own text CNN defaults (`TEXT_CNN_DEFAULTS` and `MINILM_DEFAULTS` of
-  recipes/text_classification.py, read from there), so each run is a run of the README's main command.
+  These are the recipe's own text CNN defaults (`TEXT_CNN_DEFAULTS` and `MINILM_DEFAULTS`, read from
+  mbls_nlp/recipe_defaults.py), so each run is a run of the README's main command.
 
 The study of the CPU session, then its tables (`--report` trains nothing; it writes
 `benchmarks/study_20ng/RESULTS_study_20ng.md` and `curves_<regime>.png`):
@@ -34,7 +34,6 @@ The full protocol (1,000 tokens, every loss) on an accelerator: `--max_seq_lengt
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -55,12 +54,9 @@ HISTORY_KEYS = ("epoch", "eval_accuracy", "eval_ece", "eval_aece", "eval_cece", 
 
 def recipe_defaults() -> dict:
     """The text recipe's text CNN defaults (`TEXT_CNN_DEFAULTS` updated by `MINILM_DEFAULTS`): their one home."""
-    path = ROOT / "recipes" / "text_classification.py"
-    spec = importlib.util.spec_from_file_location("text_classification", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)  # its dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return {**module.TEXT_CNN_DEFAULTS, **module.MINILM_DEFAULTS}
+    from mbls_nlp.recipe_defaults import MINILM_DEFAULTS, TEXT_CNN_DEFAULTS
+
+    return {**TEXT_CNN_DEFAULTS, **MINILM_DEFAULTS}
 
 
 def default_encoder() -> str:
