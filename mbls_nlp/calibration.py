@@ -523,17 +523,19 @@ def _compute(names, scores, labels, n_bins, from_logits, ignore_index) -> dict[s
 _BOOTSTRAP_CHUNK = 1 << 20
 
 
-def _check_bootstrap(n_bootstrap: Any, confidence: Any, seed: Any) -> None:
+def _check_bootstrap(n_bootstrap: Any, confidence: Any, seed: Any, names=("n_bootstrap", "confidence", "seed")):
+    """The bootstrap arguments' checks; `names` are the argument names the errors give (a config's field names)."""
+    n_name, confidence_name, seed_name = names
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)):
-        raise TypeError(f"`n_bootstrap` must be an integer >= 0 (0: no intervals), got {n_bootstrap!r}.")
+        raise TypeError(f"`{n_name}` must be an integer >= 0 (0: no intervals), got {n_bootstrap!r}.")
     if n_bootstrap < 0:
-        raise ValueError(f"`n_bootstrap` must be an integer >= 0 (0: no intervals), got {n_bootstrap}.")
+        raise ValueError(f"`{n_name}` must be an integer >= 0 (0: no intervals), got {n_bootstrap}.")
     if isinstance(confidence, bool) or not isinstance(confidence, (int, float, np.floating)):
-        raise TypeError(f"`confidence` must be a number in (0, 1), e.g. 0.95, got {confidence!r}.")
+        raise TypeError(f"`{confidence_name}` must be a number in (0, 1), e.g. 0.95, got {confidence!r}.")
     if not 0.0 < confidence < 1.0:
-        raise ValueError(f"`confidence` must be in (0, 1) (a fraction, e.g. 0.95), got {confidence}.")
+        raise ValueError(f"`{confidence_name}` must be in (0, 1) (a fraction, e.g. 0.95), got {confidence}.")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"`seed` must be an integer (the bootstrap's random seed), got {seed!r}.")
+        raise TypeError(f"`{seed_name}` must be an integer (the bootstrap's random seed), got {seed!r}.")
 
 
 def _sample(scores, labels, n_bins: int, from_logits: bool, ignore_index: int) -> dict:

@@ -67,7 +67,9 @@ class CalibrationTrainer(Trainer):
       the loss over the set's valid labels (the weighted sum of the parts), the same for any number of processes.
     - Every evaluation/prediction reports `accuracy, ece, aece, cece, mce, nll, brier` (see
       `mbls_nlp.calibration.calibration_report`), merged with a user `compute_metrics`; after
-      [`~CalibrationTrainer.fit_temperature`] also the same metrics on temperature-scaled logits as `ts_*`.
+      [`~CalibrationTrainer.fit_temperature`] also the same metrics on temperature-scaled logits as `ts_*`. With
+      `args.calibration_n_bootstrap > 0`, each with its percentile bootstrap interval (`<name>_low`, `<name>_high`
+      at `args.calibration_confidence`, seeded by `args.seed`).
     - CALS (`loss_type="cals"`): the per-class multipliers are updated at each epoch end from the statistics of the
       epoch's training batches summed over all processes, and `rho` from the mean constraint of the evaluation that
       follows the epoch end (`eval_strategy="epoch"`; its first evaluation set), or of the training batches when no
@@ -434,11 +436,18 @@ class CalibrationTrainer(Trainer):
             logits = predictions[0] if isinstance(predictions, (tuple, list)) else predictions
             logits, labels = align_logits_and_labels(torch.as_tensor(logits), torch.as_tensor(eval_pred.label_ids))
             settings = {"n_bins": self.args.calibration_n_bins, "ignore_index": self.args.loss_ignore_index}
-            metrics.update(calibration_report(logits, labels, **settings))
+            # intervals on request (`calibration_n_bootstrap`), the same resamples before and after scaling
+            bootstrap = {
+                "n_bootstrap": self.args.calibration_n_bootstrap,
+                "confidence": self.args.calibration_confidence,
+                "seed": self.args.seed,
+            }
+            metrics.update(calibration_report(logits, labels, **settings, **bootstrap))
             self._maybe_save_diagram(logits, labels, "", settings)
             if self.temperature is not None:
                 scaled = logits / self.temperature
-                metrics.update({f"ts_{k}": v for k, v in calibration_report(scaled, labels, **settings).items()})
+                report = calibration_report(scaled, labels, **settings, **bootstrap)
+                metrics.update({f"ts_{k}": v for k, v in report.items()})
                 metrics["temperature"] = float(self.temperature)
                 self._maybe_save_diagram(scaled, labels, "_ts", settings)
         if self._user_compute_metrics is not None:

@@ -26,6 +26,7 @@ from transformers import HfArgumentParser, ProgressCallback, set_seed
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import PredictionOutput
 
+from .calibration import _check_bootstrap
 from .calibration_config import CalibrationConfig
 from .calibration_trainer import CalibrationTrainer
 from .data import load_classification_splits
@@ -108,6 +109,14 @@ class DataArguments:
         metadata={
             "help": f"Also write the test logits and labels as {PREDICTIONS_FILE} (float32 logits before temperature "
             "scaling), so that metrics, intervals and paired comparisons can be recomputed without the model."
+        },
+    )
+    test_n_bootstrap: int = field(
+        default=1000,
+        metadata={
+            "help": "Bootstrap resamples for the percentile intervals of the final test report (test_<name>_low, "
+            "test_<name>_high; results.md prints 'value [low, high]'), at --calibration_confidence; 0: none. The "
+            "per-epoch evaluations use --calibration_n_bootstrap (default 0)."
         },
     )
 
@@ -278,7 +287,8 @@ class ProtocolOutput:
 
     Args:
         metrics (`dict[str, Any]`): what `all_results.json` holds: the training metrics, `search_*` with
-            `--search_hparams`, `validation_*` and `test_*` (each with `ts_*` after temperature scaling), the
+            `--search_hparams`, `validation_*` and `test_*` (each with `ts_*` after temperature scaling; the test
+            metrics with `_low`/`_high` bootstrap bounds when `test_n_bootstrap > 0`), the
             fitted `temperature`, and `calibration_meaningful` (with `calibration_warning` when `False`, see
             [`learned_something`]).
         test_predictions (`transformers.trainer_utils.PredictionOutput`): the test logits (before temperature
@@ -363,11 +373,16 @@ TABLE_METRICS = [
 ]
 
 
+def _value(value: float, percent: bool) -> str:
+    return f"{100 * value:.2f}" if percent else f"{value:.4f}"
+
+
 def results_table(results: dict[str, Any]) -> str:
     r"""
     The results as a Markdown table: one row per split (validation, test) before and after temperature scaling,
     columns accuracy, ECE, AECE, CECE, MCE (percent), NLL, Brier and the temperature; followed by a warning line when
-    `results["calibration_meaningful"]` is `False`.
+    `results["calibration_meaningful"]` is `False`. A metric with a bootstrap interval in the results
+    (`<key>_low`, `<key>_high`) is printed with it, e.g. `3.49 [2.90, 4.10]`.
 
     Args:
         results (`dict`): the `all_results.json` of [`train_calibrate_and_test`].
@@ -384,8 +399,11 @@ def results_table(results: dict[str, Any]) -> str:
                 continue
             cells = [f"{split}, after TS" if scaled else f"{split}, before TS"]
             for name, _, pct in TABLE_METRICS:
-                value = results.get(prefix + name)
-                cells.append("" if value is None else (f"{100 * value:.2f}" if pct else f"{value:.4f}"))
+                value, low, high = (results.get(prefix + name + end) for end in ("", "_low", "_high"))
+                cell = "" if value is None else _value(value, pct)
+                if value is not None and low is not None and high is not None:
+                    cell += f" [{_value(low, pct)}, {_value(high, pct)}]"
+                cells.append(cell)
             cells.append(f"{results['temperature']:.4f}" if scaled and "temperature" in results else "1")
             lines.append("| " + " | ".join(cells) + " |")
     if results.get("calibration_meaningful") is False:
@@ -483,6 +501,7 @@ def train_calibrate_and_test(
     save_predictions: bool = False,
     dataset_name: str | None = None,
     model_card_kwargs: dict[str, Any] | None = None,
+    test_n_bootstrap: int = 0,
 ) -> ProtocolOutput:
     r"""
     The evaluation protocol of the recipes, in order: choose the loss's hyper-parameters on validation (only with
@@ -510,11 +529,20 @@ def train_calibrate_and_test(
             How the model card names the data (a Hub name or the local files).
         model_card_kwargs (`dict`, *optional*):
             Keyword arguments of `Trainer.create_model_card` (`tasks`, `tags`, `finetuned_from`, ...).
+        test_n_bootstrap (`int`, *optional*, defaults to 0):
+            Bootstrap resamples for the intervals of the test metrics (`test_<name>_low`, `test_<name>_high`, and
+            `test_ts_...`; see [`~mbls_nlp.calibration.calibration_report`]) at
+            `trainer.args.calibration_confidence`, seeded by `trainer.args.seed`, in place of
+            `trainer.args.calibration_n_bootstrap` for the test prediction only; 0 keeps the latter. The recipes
+            pass `--test_n_bootstrap` (1000 by default).
 
     Returns:
         [`ProtocolOutput`]: the metrics written to `all_results.json` (the fitted temperature once, as
         `temperature`) and the test predictions.
     """
+    args = trainer.args
+    names = ("test_n_bootstrap", "calibration_confidence", "seed")  # fail before training, not after it
+    _check_bootstrap(test_n_bootstrap, args.calibration_confidence, args.seed, names=names)
     search = {}
     if search_args is not None and search_args.search_hparams:
         search = search_calibration_hparams(
@@ -528,7 +556,13 @@ def train_calibrate_and_test(
     validation_output = trainer.predict(validation_dataset, metric_key_prefix="validation")  # validation, once
     trainer.fit_temperature(predictions=validation_output)
     validation = trainer.evaluate_predictions(validation_output, metric_key_prefix="validation")
-    test_output = trainer.predict(test_dataset, metric_key_prefix="test")
+    per_evaluation = args.calibration_n_bootstrap
+    if test_n_bootstrap:
+        args.calibration_n_bootstrap = test_n_bootstrap  # the final test report only, not the per-epoch ones
+    try:
+        test_output = trainer.predict(test_dataset, metric_key_prefix="test")
+    finally:
+        args.calibration_n_bootstrap = per_evaluation
     # The trainer reports the temperature with every evaluation (validation_temperature, test_temperature); the
     # results carry it once.
     validation.pop("validation_temperature", None)

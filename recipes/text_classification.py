@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data["test"],
         search_args,
         save_predictions=data_args.save_predictions,
+        test_n_bootstrap=data_args.test_n_bootstrap,
         dataset_name=data_args.describe_dataset(),
         model_card_kwargs={"tasks": "text-classification"},
     )

@@ -53,6 +53,11 @@ def test_hf_argument_parser_round_trip(tmp_path):
         ({"calibration_n_bins": 2.5}, TypeError, ["calibration_n_bins"]),
         ({"calibration_n_bins": 10_001}, ValueError, ["calibration_n_bins", "<= 10000"]),  # MAX_N_BINS
         ({"temperature_method": "ece"}, ValueError, ["temperature_method", "ece_grid"]),
+        ({"calibration_n_bootstrap": -1}, ValueError, ["calibration_n_bootstrap", ">= 0"]),
+        ({"calibration_n_bootstrap": 2.5}, TypeError, ["calibration_n_bootstrap", "integer"]),
+        ({"calibration_confidence": 1.0}, ValueError, ["calibration_confidence", "(0, 1)"]),
+        ({"calibration_confidence": 95}, ValueError, ["calibration_confidence", "(0, 1)"]),
+        ({"calibration_confidence": "high"}, TypeError, ["calibration_confidence"]),
         ({"label_smoothing_factor": 0.1}, ValueError, ["label_smoothing_factor", "ls_epsilon"]),
     ],
 )

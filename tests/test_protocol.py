@@ -377,3 +377,68 @@ def test_folded_image_model_is_calibrated_in_a_plain_pipeline(tmp_path):
     for scores, row in zip(classifier(images), expected):
         by_label = {s["label"]: s["score"] for s in scores}
         assert [by_label[model.config.id2label[i]] for i in range(4)] == pytest.approx(row.tolist(), abs=1e-6)
+
+
+def test_protocol_test_report_carries_bootstrap_intervals_and_the_table_prints_them(tmp_path):
+    from mbls_nlp.calibration import METRIC_NAMES, calibration_report
+    from mbls_nlp.protocol import TABLE_METRICS, results_table
+
+    args = CalibrationConfig(
+        output_dir=str(tmp_path), loss_type="ce", num_train_epochs=2, learning_rate=0.01, eval_strategy="epoch",
+        per_device_train_batch_size=8, save_strategy="no", report_to="none", disable_tqdm=True, seed=3,
+        calibration_confidence=0.9,
+    )  # fmt: skip
+    validation, test = sequence_dataset(24, seed=1), sequence_dataset(40, seed=2)
+    trainer = CalibrationTrainer(
+        model=tiny_sequence_classifier(), args=args, train_dataset=sequence_dataset(48), eval_dataset=validation
+    )
+    results = train_calibrate_and_test(trainer, validation, test, save_predictions=True, test_n_bootstrap=200).metrics
+    assert args.calibration_n_bootstrap == 0  # the per-evaluation setting is restored after the test prediction
+
+    # The intervals are calibration_report's on the saved test logits, with the config's confidence and seed.
+    saved = np.load(tmp_path / "predictions_test.npz")
+    logits, labels = torch.as_tensor(saved["logits"]), torch.as_tensor(saved["labels"])
+    for prefix, scores in (("test_", logits), ("test_ts_", logits / results["temperature"])):
+        expected = calibration_report(scores, labels, n_bootstrap=200, confidence=0.9, seed=3)
+        for name in METRIC_NAMES:
+            for end in ("_low", "_high"):
+                assert results[prefix + name + end] == pytest.approx(expected[name + end], abs=1e-7)
+        assert results[prefix + "accuracy_low"] < results[prefix + "accuracy"] < results[prefix + "accuracy_high"]
+    saved_results = json.loads((tmp_path / "all_results.json").read_text())
+    assert "test_ece_low" in saved_results and "test_ts_nll_high" in saved_results
+    # Only the final test report: validation and the per-epoch evaluations have no intervals.
+    assert not [key for key in results if key.startswith("validation_") and key.endswith(("_low", "_high"))]
+    epochs = [entry for entry in trainer.state.log_history if "eval_ece" in entry]
+    assert len(epochs) == 2 and not [key for entry in epochs for key in entry if key.endswith("_low")]
+
+    # results.md: "value [low, high]" on the test rows, plain numbers on the validation rows.
+    table = (tmp_path / "results.md").read_text()
+    assert table == results_table(results)
+    rows = {line.split(" | ")[0].lstrip("| "): line.strip("| ").split(" | ") for line in table.splitlines()[2:]}
+    for (name, _, pct), cell in zip(TABLE_METRICS, rows["test, before TS"][1:]):
+        scale, digits = (100, 2) if pct else (1, 4)
+        low, value, high = (scale * results[f"test_{name}{end}"] for end in ("_low", "", "_high"))
+        assert cell == f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    assert rows["validation, before TS"][2] == f"{100 * results['validation_ece']:.2f}"
+
+
+def test_trainer_reports_intervals_on_request_and_the_protocol_checks_its_own(tmp_path):
+    from mbls_nlp.calibration import calibration_report
+
+    args = CalibrationConfig(
+        output_dir=str(tmp_path), loss_type="ce", report_to="none", disable_tqdm=True, seed=5,
+        calibration_n_bootstrap=50,
+    )  # fmt: skip
+    trainer = CalibrationTrainer(model=tiny_sequence_classifier(), args=args, train_dataset=sequence_dataset(16))
+    output = trainer.predict(sequence_dataset(30, seed=4), metric_key_prefix="check")
+    expected = calibration_report(
+        torch.as_tensor(output.predictions), torch.as_tensor(output.label_ids), n_bootstrap=50, seed=5
+    )
+    assert output.metrics["check_ece_low"] == pytest.approx(expected["ece_low"], abs=1e-7)
+    assert output.metrics["check_smece_high"] == pytest.approx(expected["smece_high"], abs=1e-7)
+
+    with pytest.raises(ValueError, match=r"`test_n_bootstrap` must be an integer >= 0"):
+        train_calibrate_and_test(
+            trainer, sequence_dataset(8, seed=1), sequence_dataset(8, seed=2), test_n_bootstrap=-1
+        )
+    assert trainer.state.global_step == 0  # refused before any training
