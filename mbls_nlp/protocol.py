@@ -10,6 +10,7 @@ dataclass [`DataArguments`] lives here so that each recipe extends it with its m
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -26,7 +27,7 @@ from transformers import HfArgumentParser, ProgressCallback, set_seed
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import PredictionOutput
 
-from .calibration import _check_bootstrap
+from .calibration import _check_bootstrap, paired_bootstrap
 from .calibration_config import CalibrationConfig
 from .calibration_trainer import CalibrationTrainer
 from .data import load_classification_splits
@@ -37,9 +38,12 @@ __all__ = [
     "DataArguments",
     "HubUnreachableError",
     "ProtocolOutput",
+    "RunPredictions",
     "label_config",
     "learned_something",
     "model_card_section",
+    "load_test_predictions",
+    "paired_comparisons",
     "parse_recipe_args",
     "results_table",
     "train_calibrate_and_test",
@@ -604,3 +608,86 @@ def train_calibrate_and_test(
     _report_to_integrations(trainer, results)
     trainer.accelerator.print("\n" + table)
     return ProtocolOutput(metrics=results, test_predictions=test_output)
+
+
+@dataclass
+class RunPredictions:
+    """A finished run's test predictions, as [`load_test_predictions`] reads them from its output folder.
+
+    Args:
+        logits (`np.ndarray`): the float32 test logits before temperature scaling, `(N, C)` or `(N, C, d1, ...)`.
+        labels (`np.ndarray`): the test labels.
+        temperature (`float`): the temperature fitted on validation (`all_results.json`).
+    """
+
+    logits: np.ndarray
+    labels: np.ndarray
+    temperature: float
+
+    @property
+    def scaled(self) -> np.ndarray:
+        """The logits after temperature scaling."""
+        return self.logits / self.temperature  # float32, as the trainer scales them
+
+
+def load_test_predictions(output_dir: str | os.PathLike) -> RunPredictions | None:
+    """The test predictions of a run of [`train_calibrate_and_test`] with `save_predictions=True`
+    (`predictions_test.npz` and the `temperature` of `all_results.json`), or `None` when the folder has no
+    `predictions_test.npz` (a run without `--save_predictions`)."""
+    path = os.path.join(output_dir, PREDICTIONS_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(os.path.join(output_dir, "all_results.json"), encoding="utf-8") as f:
+        temperature = float(json.load(f)["temperature"])
+    with np.load(path) as saved:
+        return RunPredictions(logits=saved["logits"], labels=saved["labels"], temperature=temperature)
+
+
+#: The comparisons of [`paired_comparisons`]: key -> (scores of the run, scores of the baseline).
+PAIRED_COMPARISONS = {
+    "vs_baseline": ("logits", "logits"),  # run - baseline
+    "vs_baseline_ts": ("logits", "scaled"),  # run - (baseline + TS)
+    "ts_vs_baseline_ts": ("scaled", "scaled"),  # (run + TS) - (baseline + TS)
+}
+
+
+def paired_comparisons(
+    run: RunPredictions,
+    baseline: RunPredictions,
+    *,
+    metrics=None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    r"""
+    A run's test metrics minus a baseline's (e.g. CE of the same seed) on the same test examples, each with its
+    paired percentile bootstrap interval ([`~mbls_nlp.calibration.paired_bootstrap`]): against the baseline, against
+    the baseline after temperature scaling (the baseline a user would pick), and the run after temperature scaling
+    against the baseline after it.
+
+    Args:
+        run ([`RunPredictions`]): the run's test predictions.
+        baseline ([`RunPredictions`]): the baseline's, on the same test examples (the same labels).
+        metrics (`list[str]`, *optional*): names among `mbls_nlp.calibration.METRIC_NAMES` (default: all).
+        n_bootstrap (`int`, *optional*, defaults to 1000): paired resamples (>= 1).
+        confidence (`float`, *optional*, defaults to 0.95): coverage of the intervals, in (0, 1).
+        seed (`int`, *optional*, defaults to 0): seed of the resampling.
+
+    Returns:
+        `dict[str, dict[str, float]]`: for each key of `PAIRED_COMPARISONS` (`vs_baseline`, `vs_baseline_ts`,
+        `ts_vs_baseline_ts`), [`~mbls_nlp.calibration.paired_bootstrap`]'s `<name>`, `<name>_low`, `<name>_high`.
+
+    Raises:
+        `ValueError`: when the two runs were not tested on the same examples (different labels).
+    """
+    if run.labels.shape != baseline.labels.shape or not np.array_equal(run.labels, baseline.labels):
+        raise ValueError(
+            "`run` and `baseline` must be predictions of the same test examples (the same labels, in the same "
+            f"order), got labels of shapes {run.labels.shape} and {baseline.labels.shape} that differ."
+        )
+    settings = {"metrics": metrics, "n_bootstrap": n_bootstrap, "confidence": confidence, "seed": seed}
+    return {
+        key: paired_bootstrap(getattr(run, mine), getattr(baseline, theirs), run.labels, **settings)
+        for key, (mine, theirs) in PAIRED_COMPARISONS.items()
+    }

@@ -1,8 +1,17 @@
 """Run a recipe once per loss with the same seed, data and budget, and tabulate accuracy and calibration.
 
 Every flag this script does not know is passed to the recipe unchanged; each loss gets its own
-`<output_dir>/<loss_type>/` run folder. Writes `<output_dir>/comparison.md` (a table like the paper's: one row per
-loss, accuracy and calibration before and after temperature scaling, in percent) and `<output_dir>/comparison.csv`.
+`<output_dir>/<loss_type>/` run folder (`<output_dir>/<loss_type>/seed_<s>/` with `--seeds`). Writes
+`<output_dir>/comparison.md` (a table like the paper's: one row per loss, accuracy and calibration before and after
+temperature scaling, in percent) and `<output_dir>/comparison.csv`.
+
+Paired comparisons: every run saves its test logits (`--save_predictions`), and when `ce` is among the losses each
+row also gives the loss's difference to CE, to CE + temperature scaling (the baseline a user would pick) and, after
+its own temperature scaling, to CE + TS, on the same test examples, with a paired bootstrap interval
+(`mbls_nlp.protocol.paired_comparisons`): `-3.10 [-3.90, -2.30]` is ECE(loss) - ECE(CE) in points. With
+`--seeds 1,2,3` each loss runs once per seed, the metrics are `mean ± std` over seeds, each difference is taken
+against CE of the same seed and shown as `mean ± std` with how many seeds' intervals lie below and above 0; the
+per-seed differences and intervals are in `comparison_per_seed.csv`.
 
 With the recipe's `--search_hparams`, each loss first chooses its own hyper-parameters on validation (its default
 grid, the same epochs per candidate), so the table compares tuned against tuned; it then also lists the chosen values
@@ -20,6 +29,9 @@ Examples:
     # Tuned against tuned: each loss searches its own grid on validation first (ce has nothing to tune):
     python recipes/compare_losses.py --loss_types ce,ls,focal,mbls --output_dir runs/compare-tuned -- \\
         --search_hparams --train_file ... --test_file ... --newsgroups_cleanup headers
+
+    # Three seeds per loss, mean ± std over seeds and paired differences to CE of the same seed:
+    python recipes/compare_losses.py --loss_types ce,mbls --seeds 1,2,3 --output_dir runs/compare-seeds -- ...
 
     # Each run on two CPU processes:
     python recipes/compare_losses.py --launcher "accelerate launch --config_file \\
@@ -39,9 +51,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from transformers import HfArgumentParser
 
+from mbls_nlp.calibration import METRIC_NAMES
 from mbls_nlp.losses import LOSS_NAMES
+from mbls_nlp.protocol import PAIRED_COMPARISONS, load_test_predictions, paired_comparisons
 
 RECIPES = ("text_classification", "image_classification")
 # (key in all_results.json without the "test_" prefix, column title, shown in percent)
@@ -53,6 +68,20 @@ COLUMNS = [
     ("nll", "NLL", False),
     ("brier", "Brier", False),
 ]
+#: (key of PAIRED_COMPARISONS, how the column names the comparison) against the baseline CE
+COMPARISON_TITLES = {
+    "vs_baseline": "{m} - CE",
+    "vs_baseline_ts": "{m} - (CE + TS)",
+    "ts_vs_baseline_ts": "TS {m} - (CE + TS)",
+}
+#: how comparison_per_seed.csv names each comparison
+COMPARISON_NAMES = {
+    "vs_baseline": "loss - CE",
+    "vs_baseline_ts": "loss - (CE + TS)",
+    "ts_vs_baseline_ts": "(loss + TS) - (CE + TS)",
+}
+BASELINE = "ce"
+TITLES = {key: (title, percent) for key, title, percent in COLUMNS} | {"dce": ("debiased CE", True)}
 
 
 @dataclass
@@ -70,6 +99,22 @@ class CompareArguments:
     skip_existing: bool = field(
         default=False, metadata={"help": "Reuse a loss's all_results.json when its run folder already has one."}
     )
+    seeds: str = field(
+        default="",
+        metadata={
+            "help": "Comma-separated seeds: each loss runs once per seed (--seed passed to the recipe) in "
+            "<output_dir>/<loss_type>/seed_<s>, and the table shows mean ± std over seeds. Empty: one run per loss "
+            "with the recipe's --seed."
+        },
+    )
+    paired_metrics: str = field(
+        default="accuracy,ece,nll",
+        metadata={"help": f"Comma-separated metrics of the paired comparisons to CE, from {', '.join(METRIC_NAMES)}."},
+    )
+    n_bootstrap: int = field(
+        default=1000, metadata={"help": "Paired bootstrap resamples of the test examples for each comparison."}
+    )
+    confidence: float = field(default=0.95, metadata={"help": "Coverage of the paired intervals, in (0, 1)."})
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[CompareArguments, list[str]]:
@@ -81,9 +126,25 @@ def parse_args(argv: list[str] | None = None) -> tuple[CompareArguments, list[st
     unknown = [name for name in losses if name not in LOSS_NAMES]
     if not losses or unknown:
         raise ValueError(f"`loss_types` must be a comma-separated list from {LOSS_NAMES}, got {args.loss_types!r}.")
-    for reserved in ("--loss_type", "--output_dir"):
+    seeds = [seed.strip() for seed in args.seeds.split(",") if seed.strip()]
+    if not all(seed.lstrip("-").isdigit() for seed in seeds):
+        raise ValueError(f"`seeds` must be a comma-separated list of integers, e.g. 1,2,3, got {args.seeds!r}.")
+    args.seeds = ",".join(seeds)
+    paired = [name.strip() for name in args.paired_metrics.split(",") if name.strip()]
+    if not paired or [name for name in paired if name not in METRIC_NAMES]:
+        raise ValueError(
+            f"`paired_metrics` must be a comma-separated list from {METRIC_NAMES}, got {args.paired_metrics!r}."
+        )
+    args.paired_metrics = ",".join(paired)
+    if isinstance(args.n_bootstrap, bool) or not isinstance(args.n_bootstrap, int) or args.n_bootstrap < 1:
+        raise ValueError(f"`n_bootstrap` must be an integer >= 1, got {args.n_bootstrap!r}.")
+    if not 0.0 < args.confidence < 1.0:
+        raise ValueError(f"`confidence` must be in (0, 1) (a fraction, e.g. 0.95), got {args.confidence}.")
+    for reserved in ("--loss_type", "--output_dir", *(["--seed"] if seeds else [])):
         if any(arg == reserved or arg.startswith(reserved + "=") for arg in recipe_args):
             raise ValueError(f"{reserved} is set per run by compare_losses.py; do not pass it to the recipe.")
+    if "--save_predictions" not in recipe_args:  # the paired comparisons need the test logits
+        recipe_args = [*recipe_args, "--save_predictions"]
     args.loss_types = ",".join(losses)
     return args, recipe_args
 
@@ -98,14 +159,20 @@ def launcher_command(launcher: str) -> list[str]:
     return words
 
 
-def run_one(args: CompareArguments, loss_type: str, recipe_args: list[str]) -> dict:
-    run_dir = Path(args.output_dir) / loss_type
+def run_dir_of(args: CompareArguments, loss_type: str, seed: str | None) -> Path:
+    return Path(args.output_dir) / loss_type / ("" if seed is None else f"seed_{seed}")
+
+
+def run_one(args: CompareArguments, loss_type: str, recipe_args: list[str], seed: str | None = None) -> dict:
+    run_dir = run_dir_of(args, loss_type, seed)
     results_file = run_dir / "all_results.json"
     if not (args.skip_existing and results_file.is_file()):
         script = Path(__file__).with_name(f"{args.recipe}.py")
         command = [*launcher_command(args.launcher), str(script), *recipe_args]
         command += ["--loss_type", loss_type, "--output_dir", str(run_dir)]
-        print(f"[compare_losses] {loss_type}: {shlex.join(command)}", flush=True)
+        command += [] if seed is None else ["--seed", seed]
+        label = loss_type if seed is None else f"{loss_type}, seed {seed}"
+        print(f"[compare_losses] {label}: {shlex.join(command)}", flush=True)
         start = time.perf_counter()
         subprocess.run(command, check=True)
         results = json.loads(results_file.read_text())
@@ -114,30 +181,70 @@ def run_one(args: CompareArguments, loss_type: str, recipe_args: list[str]) -> d
     return json.loads(results_file.read_text())
 
 
-def write_tables(output_dir: str | os.PathLike, rows: dict[str, dict]) -> tuple[Path, Path]:
+def _number(value: float, percent: bool) -> str:
+    return f"{100 * value:.2f}" if percent else f"{value:.4f}"
+
+
+def _summary(values: list, percent: bool) -> str:
+    """One value, or `mean ± std` (sample std) over seeds; `n/a` when a run lacks it."""
+    if not values or any(value is None or not math.isfinite(value) for value in values):
+        return "n/a"
+    if len(values) == 1:
+        return _number(values[0], percent)
+    return f"{_number(float(np.mean(values)), percent)} ± {_number(float(np.std(values, ddof=1)), percent)}"
+
+
+def _paired_cell(results: list, key: str, percent: bool) -> str:
+    """One seed: `difference [low, high]`; several: `mean ± std (<0: k/n, >0: j/n)`, counting the seeds whose
+    interval lies below or above zero."""
+    if not results or any(result is None for result in results):
+        return "n/a"
+    if len(results) == 1:
+        (result,) = results
+        low, high = _number(result[key + "_low"], percent), _number(result[key + "_high"], percent)
+        return f"{_number(result[key], percent)} [{low}, {high}]"
+    below = sum(result[key + "_high"] < 0 for result in results)
+    above = sum(result[key + "_low"] > 0 for result in results)
+    cell = _summary([result[key] for result in results], percent)
+    return f"{cell} (<0: {below}/{len(results)}, >0: {above}/{len(results)})"
+
+
+def write_tables(
+    output_dir: str | os.PathLike,
+    rows: dict[str, dict | list[dict]],
+    paired: dict[str, list[dict | None]] | None = None,
+    paired_metrics=("accuracy", "ece", "nll"),
+) -> tuple[Path, Path]:
+    """Write `comparison.md` and `comparison.csv`: one row per loss (`rows`: its `all_results.json`, or one per
+    seed), and with `paired` (per loss, one [`~mbls_nlp.protocol.paired_comparisons`] result per seed, `None`
+    where a run saved no predictions) the differences to CE and CE + TS of `paired_metrics`."""
     output_dir = Path(output_dir)
+    runs = {loss_type: results if isinstance(results, list) else [results] for loss_type, results in rows.items()}
     header = ["loss"]
     for title_prefix in ("", "TS "):
         header += [f"{title_prefix}{title}" + (" (%)" if percent else "") for _, title, percent in COLUMNS]
     header += ["T", "wall time (s)"]
-    searched = any("search_candidates" in results for results in rows.values())
+    several = any(len(members) > 1 for members in runs.values())
+    if several:
+        header.insert(1, "seeds")
+    searched = any("search_candidates" in results for members in runs.values() for results in members)
     if searched:  # runs with --search_hparams: the chosen values and what the search cost
         header += ["chosen on validation", "candidates", "search time (s)"]
-
-    def cell(results: dict, key: str, percent: bool) -> str:
-        value = results.get(key)
-        if value is None or not math.isfinite(value):
-            return "n/a"
-        return f"{100 * value:.2f}" if percent else f"{value:.4f}"
+    if paired:
+        for title in COMPARISON_TITLES.values():
+            for name in paired_metrics:
+                metric, percent = TITLES.get(name, (name, True))
+                header.append(title.format(m=metric) + (" (%)" if percent else ""))
 
     table = []
-    for loss_type, results in rows.items():
-        line = [loss_type]
+    for loss_type, members in runs.items():
+        line = [loss_type] + ([str(len(members))] if several else [])
         for prefix in ("test_", "test_ts_"):
-            line += [cell(results, prefix + key, percent) for key, _, percent in COLUMNS]
-        line += [f"{results.get('temperature', float('nan')):.2f}"]
-        line += [f"{results.get('wall_time_s', float('nan')):.0f}"]
+            line += [_summary([r.get(prefix + key) for r in members], percent) for key, _, percent in COLUMNS]
+        line += [_summary([r.get("temperature") for r in members], False)]
+        line += [f"{np.mean([r.get('wall_time_s', float('nan')) for r in members]):.0f}"]
         if searched:
+            results = members[0]  # the chosen values of the first seed
             chosen = {k[len("search_") :]: v for k, v in results.items() if k.startswith("search_")}
             candidates, seconds = chosen.pop("candidates", None), chosen.pop("time_s", None)
             line += [", ".join(f"{name}={value:g}" for name, value in chosen.items()) or "(none)"]
@@ -145,6 +252,12 @@ def write_tables(output_dir: str | os.PathLike, rows: dict[str, dict]) -> tuple[
                 "n/a" if candidates is None else f"{candidates:.0f}",
                 "n/a" if seconds is None else f"{seconds:.0f}",
             ]
+        if paired:
+            comparisons = paired.get(loss_type) or [None]
+            for key in COMPARISON_TITLES:
+                for name in paired_metrics:
+                    percent = TITLES.get(name, (name, True))[1]
+                    line.append(_paired_cell([c and c[key] for c in comparisons], name, percent))
         table.append(line)
     csv_path, md_path = output_dir / "comparison.csv", output_dir / "comparison.md"
     with open(csv_path, "w", newline="") as handle:
@@ -157,11 +270,64 @@ def write_tables(output_dir: str | os.PathLike, rows: dict[str, dict]) -> tuple[
     return md_path, csv_path
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict]:
+def write_per_seed(output_dir: str | os.PathLike, seeds: list, paired: dict[str, list[dict | None]], metrics) -> Path:
+    """`comparison_per_seed.csv`: for each loss and seed, every paired difference with its interval bounds."""
+    path = Path(output_dir) / "comparison_per_seed.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["loss", "seed", "comparison", *(f"{m}{end}" for m in metrics for end in ("", "_low", "_high"))]
+        )
+        for loss_type, comparisons in paired.items():
+            for seed, comparison in zip(seeds, comparisons):
+                for key in PAIRED_COMPARISONS:
+                    values = ["n/a"] * (3 * len(metrics)) if comparison is None else [
+                        f"{comparison[key][m + end]:.6f}" for m in metrics for end in ("", "_low", "_high")
+                    ]  # fmt: skip
+                    writer.writerow([loss_type, seed, COMPARISON_NAMES[key], *values])
+    return path
+
+
+def compare_to_baseline(args: CompareArguments, losses: list[str], seeds: list) -> dict[str, list[dict | None]]:
+    """Per loss and seed, `paired_comparisons` against CE of the same seed (`None` without saved predictions)."""
+    metrics = args.paired_metrics.split(",")
+    paired = {}
+    for loss_type in losses:
+        paired[loss_type] = []
+        for seed in seeds:
+            run = load_test_predictions(run_dir_of(args, loss_type, seed))
+            baseline = load_test_predictions(run_dir_of(args, BASELINE, seed))
+            if run is None or baseline is None:
+                paired[loss_type].append(None)
+                continue
+            paired[loss_type].append(
+                paired_comparisons(
+                    run,
+                    baseline,
+                    metrics=metrics,
+                    n_bootstrap=args.n_bootstrap,
+                    confidence=args.confidence,
+                    seed=0 if seed is None else int(seed),
+                )
+            )
+    return paired
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict | list[dict]]:
     args, recipe_args = parse_args(argv)
     os.makedirs(args.output_dir, exist_ok=True)
-    rows = {loss_type: run_one(args, loss_type, recipe_args) for loss_type in args.loss_types.split(",")}
-    md_path, _ = write_tables(args.output_dir, rows)
+    losses = args.loss_types.split(",")
+    seeds = args.seeds.split(",") if args.seeds else [None]
+    runs = {loss_type: [run_one(args, loss_type, recipe_args, seed) for seed in seeds] for loss_type in losses}
+    rows = {loss_type: members if args.seeds else members[0] for loss_type, members in runs.items()}
+    paired = None
+    if BASELINE in losses:
+        paired = compare_to_baseline(args, losses, seeds)
+        if args.seeds:
+            write_per_seed(args.output_dir, seeds, paired, args.paired_metrics.split(","))
+    else:
+        print(f"[compare_losses] no paired comparisons: add {BASELINE!r} to --loss_types for them.")
+    md_path, _ = write_tables(args.output_dir, rows, paired, args.paired_metrics.split(","))
     print(md_path.read_text())
     return rows
 

@@ -236,6 +236,118 @@ def test_compare_losses_rejects_bad_arguments(tmp_path, load_script):
         compare_losses.parse_args([f"--output_dir={tmp_path}", "--loss_types=ce,hinge"])
     with pytest.raises(ValueError, match="--loss_type"):
         compare_losses.parse_args([f"--output_dir={tmp_path}", "--", "--loss_type=ce"])
+    with pytest.raises(ValueError, match="`seeds` must be a comma-separated list of integers"):
+        compare_losses.parse_args([f"--output_dir={tmp_path}", "--seeds=1,two"])
+    with pytest.raises(ValueError, match="--seed is set per run"):
+        compare_losses.parse_args([f"--output_dir={tmp_path}", "--seeds=1,2", "--", "--seed=3"])
+    with pytest.raises(ValueError, match="`paired_metrics` must be a comma-separated list from"):
+        compare_losses.parse_args([f"--output_dir={tmp_path}", "--paired_metrics=ece,hinge"])
+    with pytest.raises(ValueError, match="`n_bootstrap` must be an integer >= 1"):
+        compare_losses.parse_args([f"--output_dir={tmp_path}", "--n_bootstrap=0"])
+    with pytest.raises(ValueError, match=r"`confidence` must be in \(0, 1\)"):
+        compare_losses.parse_args([f"--output_dir={tmp_path}", "--confidence=95"])
+    args, recipe_args = compare_losses.parse_args([f"--output_dir={tmp_path}", "--seeds=1, 2", "--", "--x=1"])
+    assert args.seeds == "1,2" and recipe_args == ["--x=1", "--save_predictions"]  # the comparisons need the logits
+
+
+def _fake_run(folder, logits, labels, temperature, save_predictions=True):
+    """A finished recipe run as compare_losses reads it: all_results.json and predictions_test.npz."""
+    import numpy as np
+
+    from mbls_nlp.calibration import calibration_report
+
+    folder.mkdir(parents=True)
+    results = {f"test_{k}": v for k, v in calibration_report(logits, labels).items()}
+    results |= {f"test_ts_{k}": v for k, v in calibration_report(logits / temperature, labels).items()}
+    results |= {"temperature": temperature, "wall_time_s": 60.0}
+    (folder / "all_results.json").write_text(json.dumps(results))
+    if save_predictions:
+        np.savez_compressed(folder / "predictions_test.npz", logits=logits.numpy(), labels=labels.numpy())
+    return results
+
+
+def _cells(md_path):
+    lines = md_path.read_text().splitlines()
+    header = lines[0].strip("| ").split(" | ")
+    return {line.split(" | ")[0].lstrip("| "): dict(zip(header, line.strip("| ").split(" | "))) for line in lines[2:]}
+
+
+def test_compare_losses_paired_differences_to_ce_and_ce_ts(tmp_path, load_script):
+    from mbls_nlp.calibration import expected_calibration_error, paired_bootstrap
+
+    compare_losses = load_script("recipes/compare_losses.py")
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (300,), generator=generator)
+    logits = (3 * torch.randn(300, 4, generator=generator)).float()
+    logits[torch.arange(300), labels] += 1.5  # a model that learned something, over-confident: T > 1 helps
+    _fake_run(tmp_path / "ce", logits, labels, 2.0)
+    _fake_run(tmp_path / "mbls", logits.clone(), labels, 2.0)  # the same model: every difference to CE is 0
+    _fake_run(tmp_path / "ls", logits, labels, 1.0, save_predictions=False)
+    argv = [f"--output_dir={tmp_path}", "--loss_types=ce,mbls,ls", "--skip_existing", "--n_bootstrap=200"]
+    compare_losses.main(argv)  # every run folder exists: nothing is trained
+    cells = _cells(tmp_path / "comparison.md")
+    assert list(cells) == ["ce", "mbls", "ls"]
+    for loss in ("ce", "mbls"):
+        assert cells[loss]["ECE - CE (%)"] == "0.00 [0.00, 0.00]"  # a model compared with itself
+        assert cells[loss]["TS ECE - (CE + TS) (%)"] == "0.00 [0.00, 0.00]"
+        assert cells[loss]["Acc - (CE + TS) (%)"] == "0.00 [0.00, 0.00]"  # TS does not change the argmax
+    # CE + TS is the baseline: ECE(ce) - ECE(ce / T), the point from the metric itself, the interval paired
+    point = expected_calibration_error(logits, labels) - expected_calibration_error(logits / 2.0, labels)
+    expected = paired_bootstrap(logits, logits / 2.0, labels, metrics=["ece"], n_bootstrap=200, seed=0)
+    assert expected["ece"] == pytest.approx(point, abs=1e-12) and expected["ece_low"] > 0  # TS helps, clearly
+    cell = f"{100 * point:.2f} [{100 * expected['ece_low']:.2f}, {100 * expected['ece_high']:.2f}]"
+    assert cells["ce"]["ECE - (CE + TS) (%)"] == cell == cells["mbls"]["ECE - (CE + TS) (%)"]
+    assert cells["ls"]["ECE - CE (%)"] == "n/a"  # a run without predictions_test.npz
+    assert cells["ce"]["NLL - CE"] == "0.0000 [0.0000, 0.0000]"
+    csv_rows = (tmp_path / "comparison.csv").read_text().splitlines()
+    assert len(csv_rows) == 4 and "ECE - (CE + TS) (%)" in csv_rows[0] and cell in csv_rows[1]
+
+
+def test_compare_losses_over_seeds_mean_std_and_per_seed_pairs(tmp_path, load_script):
+    import numpy as np
+
+    from mbls_nlp.calibration import paired_bootstrap
+
+    compare_losses = load_script("recipes/compare_losses.py")
+    results, differences = {"ce": [], "mbls": []}, []
+    for seed in (1, 2):
+        generator = torch.Generator().manual_seed(seed)
+        labels = torch.randint(0, 3, (200,), generator=generator)
+        logits = 2 * torch.randn(200, 3, generator=generator)
+        logits[torch.arange(200), labels] += 1.0
+        results["ce"].append(_fake_run(tmp_path / "ce" / f"seed_{seed}", logits, labels, 1.5))
+        results["mbls"].append(_fake_run(tmp_path / "mbls" / f"seed_{seed}", 0.5 * logits, labels, 0.8))
+        # against CE of the same seed, resampled with the seed's own bootstrap seed
+        differences.append(paired_bootstrap(0.5 * logits, logits, labels, metrics=["ece"], n_bootstrap=100, seed=seed))
+    argv = [f"--output_dir={tmp_path}", "--loss_types=ce,mbls", "--seeds=1,2", "--skip_existing"]
+    compare_losses.main([*argv, "--n_bootstrap=100", "--paired_metrics=ece"])
+    cells = _cells(tmp_path / "comparison.md")
+    assert cells["mbls"]["seeds"] == "2"
+    eces = [100 * r["test_ece"] for r in results["mbls"]]
+    assert cells["mbls"]["ECE (%)"] == f"{np.mean(eces):.2f} ± {np.std(eces, ddof=1):.2f}"
+    diffs = [100 * d["ece"] for d in differences]
+    below = sum(d["ece_high"] < 0 for d in differences)
+    above = sum(d["ece_low"] > 0 for d in differences)
+    assert cells["mbls"]["ECE - CE (%)"] == (
+        f"{np.mean(diffs):.2f} ± {np.std(diffs, ddof=1):.2f} (<0: {below}/2, >0: {above}/2)"
+    )
+    assert cells["ce"]["ECE - CE (%)"] == "0.00 ± 0.00 (<0: 0/2, >0: 0/2)"
+    per_seed = (tmp_path / "comparison_per_seed.csv").read_text().splitlines()
+    assert per_seed[0] == "loss,seed,comparison,ece,ece_low,ece_high" and len(per_seed) == 1 + 2 * 2 * 3
+    seed_2 = [row for row in per_seed if row.startswith("mbls,2,loss - CE,")]
+    assert seed_2 == [f"mbls,2,loss - CE,{differences[1]['ece']:.6f},{differences[1]['ece_low']:.6f},"
+                      f"{differences[1]['ece_high']:.6f}"]  # fmt: skip
+
+
+def test_paired_comparisons_refuse_runs_on_other_examples():
+    import numpy as np
+
+    from mbls_nlp.protocol import RunPredictions, paired_comparisons
+
+    logits = np.zeros((4, 2), dtype=np.float32)
+    run = RunPredictions(logits, np.array([0, 1, 0, 1]), 1.0)
+    with pytest.raises(ValueError, match="same test examples"):
+        paired_comparisons(run, RunPredictions(logits, np.array([1, 1, 0, 1]), 1.0), n_bootstrap=10)
 
 
 # --- bad data fails before training, through the recipes (issue 14), in-process on tiny files ---------------------
