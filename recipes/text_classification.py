@@ -2,7 +2,8 @@
 
 Trains on `train`, fits temperature scaling on `validation` (carved from train when the data has none), and writes to
 `--output_dir` the model, its tokenizer and temperature, `all_results.json` (`test_accuracy`, `test_ece`, ...,
-the same after temperature scaling as `test_ts_*`, and `temperature`) and reliability diagrams of the test set before
+each with its bootstrap interval `test_<name>_low`/`_high` (`--test_n_bootstrap`), the same after temperature
+scaling as `test_ts_*`, and `temperature`), `results.md` and reliability diagrams of the test set before
 (`reliability_test.png`) and after (`reliability_test_ts.png`) temperature scaling.
 
 Defaults per model kind, applied only to the flags not given (see `mbls_nlp.protocol.parse_recipe_args`):
