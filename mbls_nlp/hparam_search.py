@@ -1,8 +1,10 @@
 """Choose a loss's hyper-parameters on validation: a grid search through `Trainer.hyperparameter_search` (optuna).
 
-The rule (the MbLS paper picks its margin on validation; issue 7): train every grid candidate with the same budget,
-keep the candidates whose validation accuracy is within `max_accuracy_drop` points of the best candidate's, and
-choose the one among them with the lowest validation ECE (ties: the first in grid order). Test data never enters.
+The rule (the MbLS paper picks its margin on validation; issues 7 and 15): train every grid candidate with the same
+budget, keep the candidates whose validation accuracy is not significantly below the best candidate's (a one-sided
+two-proportion z-test at 5% on the validation examples, or an explicit `max_accuracy_drop` in points), and choose
+the one among them with the lowest debiased calibration error `dce` on validation (ties: the lower NLL, then the
+first in grid order); see [`select_candidate`]. Test data never enters.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from typing import Any
 from .losses import LOSS_REGISTRY, build_loss
 
 __all__ = [
+    "ACCURACY_TEST_Z",
     "DEFAULT_SEARCH_GRIDS",
+    "SELECTION_METRICS",
     "SEARCHABLE_HPARAMS",
     "SearchArguments",
     "SearchResult",
@@ -37,6 +41,12 @@ SEARCHABLE_HPARAMS: dict[str, dict[str, str]] = {
 DEFAULT_SEARCH_GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
     name: dict(spec.search_grid) for name, spec in LOSS_REGISTRY.items() if spec.search_grid
 }
+
+#: z of the one-sided accuracy test of [`select_candidate`]: a candidate whose validation accuracy is below the best
+#: one's at the 5% level is out.
+ACCURACY_TEST_Z = 1.645
+#: Validation metrics [`select_candidate`] can choose by, among the candidates that pass the accuracy test.
+SELECTION_METRICS = ("dce", "nll", "ece")
 
 
 def describe_default_grids() -> str:
@@ -73,9 +83,10 @@ class SearchArguments:
         default=False,
         metadata={
             "help": "Choose the loss's hyper-parameters on validation before the final run: train every candidate of "
-            "--search_grid, keep those within --max_accuracy_drop points of the best validation accuracy, choose the "
-            "lowest validation ECE among them, then train it again, fit the temperature and test it (test data "
-            "never enters the choice). Writes search.md and search.csv. Needs optuna (pip install 'mbls-nlp[search]')."
+            "--search_grid, keep those whose validation accuracy is not significantly below the best one's (see "
+            "--max_accuracy_drop), choose the lowest validation --selection_metric among them, then train it again, "
+            "fit the temperature and test it (test data never enters the choice). Writes search.md and search.csv. "
+            "Needs optuna (pip install 'mbls-nlp[search]')."
         },
     )
     search_grid: str | None = field(
@@ -85,20 +96,41 @@ class SearchArguments:
             f"fields each one may vary): {describe_default_grids()} (no candidate is trained)."
         },
     )
-    max_accuracy_drop: float = field(
-        default=1.0,
+    max_accuracy_drop: float | None = field(
+        default=None,
         metadata={
-            "help": "Candidates may trail the best validation accuracy by at most this many points (percent). On a "
-            "small validation set one point can be below the accuracy's standard error (about 1.5 points at 55 percent on "
-            "1,132 messages), and the rule then picks the most accurate candidate: consider 3-5 there."
+            "help": "Default (unset): a candidate is kept when its validation accuracy is not significantly below the "
+            "best one's, best - acc <= 1.645 * sqrt((best (1 - best) + acc (1 - acc)) / n) on the n validation "
+            "examples (one-sided test at 5 percent; about 3.4 points at 55 percent on 1,132 messages). A number "
+            "overrides it: candidates may trail the best validation accuracy by at most this many points (percent)."
+        },
+    )
+    selection_metric: str = field(
+        default="dce",
+        metadata={
+            "help": "Validation metric that chooses among the kept candidates, lowest wins: dce (the debiased "
+            "calibration error of Kumar et al. 2019, not inflated by the sampling noise of a small validation set "
+            "as the binned ECE is; ties broken by NLL), nll, or ece (the binned ECE, the rule before issue 15)."
         },
     )
 
     def __post_init__(self):
-        if isinstance(self.max_accuracy_drop, bool) or not isinstance(self.max_accuracy_drop, (int, float)):
-            raise TypeError(f"`max_accuracy_drop` must be a number of points, got {self.max_accuracy_drop!r}.")
-        if not 0.0 <= self.max_accuracy_drop <= 100.0:
-            raise ValueError(f"`max_accuracy_drop` must be in [0, 100] points, got {self.max_accuracy_drop}.")
+        _check_rule(self.max_accuracy_drop, self.selection_metric)
+
+
+def _check_rule(max_accuracy_drop: Any, selection_metric: Any) -> None:
+    if max_accuracy_drop is not None:
+        if isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, (int, float)):
+            raise TypeError(
+                "`max_accuracy_drop` must be None (the accuracy test) or a number of points, "
+                f"got {max_accuracy_drop!r}."
+            )
+        if not 0.0 <= max_accuracy_drop <= 100.0:
+            raise ValueError(
+                f"`max_accuracy_drop` must be None (the accuracy test) or in [0, 100] points, got {max_accuracy_drop}."
+            )
+    if selection_metric not in SELECTION_METRICS:
+        raise ValueError(f"`selection_metric` must be one of {SELECTION_METRICS}, got {selection_metric!r}.")
 
 
 @dataclass
@@ -108,7 +140,7 @@ class SearchResult:
     Args:
         chosen (`dict[str, float]`): the chosen candidate's hyper-parameters (config field names).
         rows (`list[dict]`): one row per candidate in grid order: its hyper-parameters, `eval_accuracy`, `eval_ece`,
-            `eval_nll`, `time_s` and `chosen`.
+            `eval_dce`, `eval_nll`, `eval_samples` (the number of validation examples), `time_s` and `chosen`.
         chosen_index (`int` or `None`): index of the chosen row; `None` when the loss has nothing to search (no rows,
             nothing trained).
     """
@@ -165,7 +197,8 @@ def parse_search_grid(grid: str | dict | None, loss_type: str) -> dict[str, tupl
     for name, values in grid.items():
         if name not in allowed:
             raise ValueError(
-                f"`search_grid` cannot vary {name!r} for loss_type={loss_type!r}; allowed: {sorted(allowed) or 'none'}."
+                f"`search_grid` cannot vary {name!r} for loss_type={loss_type!r}; "
+                f"allowed: {sorted(allowed) or 'none'}."
             )
         if not values:
             raise ValueError(f"`search_grid` gives no value for {name!r}.")
@@ -180,38 +213,96 @@ def _candidates(grid: dict[str, tuple[float, ...]]) -> list[dict[str, float]]:
     return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
 
 
-def select_candidate(rows: list[dict[str, Any]], max_accuracy_drop: float = 1.0) -> int:
-    """Index of the row with the lowest `eval_ece` among those whose `eval_accuracy` (a fraction) is within
-    `max_accuracy_drop` points of the best; ties go to the earliest row.
+def select_candidate(
+    rows: list[dict[str, Any]], max_accuracy_drop: float | None = None, *, selection_metric: str = "dce"
+) -> int:
+    """Index of the chosen row: the lowest `eval_<selection_metric>` among the rows whose validation accuracy passes
+    the accuracy test.
+
+    The accuracy test (`max_accuracy_drop=None`): a row with accuracy `a` (`eval_accuracy`, a fraction, on `n =
+    eval_samples` validation examples) is kept when it is not significantly below the best row's accuracy `b` (on
+    its own `n_b`) in a one-sided two-proportion z-test at 5%: `b - a <= ACCURACY_TEST_Z * sqrt(b (1 - b) / n_b +
+    a (1 - a) / n)`, `ACCURACY_TEST_Z = 1.645`. Both accuracies are measured on the same examples, where the paired
+    difference is less noisy than this unpaired standard error (the pairing needs per-example correctness, which the
+    rows do not carry): the test is conservative, it keeps a row in doubt. The best row always passes. With a
+    number, `max_accuracy_drop` overrides the test: rows within that many points of the best are kept.
+
+    The choice: `selection_metric="dce"` (the debiased calibration error of Kumar et al. 2019): the binned ECE is
+    biased upwards by the noise of each bin's accuracy, by several points on ~1,000 validation examples, and more
+    for a candidate whose confidences crowd into few bins; `dce` removes the first-order bias. Rows at the same
+    `dce` (e.g. two at 0, where the estimate is clipped) go to the lower `eval_nll`. `"nll"` chooses by the NLL
+    (a proper score, unbiased as a mean over examples, but it rewards accuracy too), `"ece"` by the binned ECE (the
+    rule before issue 15). Remaining ties go to the earliest row.
+
+    Args:
+        rows (`list[dict]`):
+            One per candidate, with `eval_accuracy`, `eval_<selection_metric>` (and `eval_nll` for `"dce"`), and
+            `eval_samples` when `max_accuracy_drop` is `None`.
+        max_accuracy_drop (`float`, *optional*):
+            Accuracy points a row may trail the best by, instead of the test.
+        selection_metric (`str`, *optional*, defaults to `"dce"`):
+            One of `SELECTION_METRICS` = `("dce", "nll", "ece")`.
+
+    Returns:
+        `int`: the chosen row's index.
 
     Examples:
 
     ```python
     >>> rows = [{"eval_accuracy": 0.70, "eval_ece": 0.10}, {"eval_accuracy": 0.685, "eval_ece": 0.02},
     ...         {"eval_accuracy": 0.695, "eval_ece": 0.05}]
-    >>> select_candidate(rows, max_accuracy_drop=1.0)  # 0.685 trails 0.70 by 1.5 points: out
+    >>> select_candidate(rows, max_accuracy_drop=1.0, selection_metric="ece")  # 0.685 trails 0.70 by 1.5 points: out
+    2
+    >>> # the test on 400 examples: 0.70 - 0.64 = 0.06 > 1.645 * sqrt((0.70 * 0.30 + 0.64 * 0.36) / 400) = 0.0546
+    >>> rows = [{"eval_accuracy": 0.70, "eval_dce": 0.08, "eval_nll": 0.9, "eval_samples": 400},
+    ...         {"eval_accuracy": 0.64, "eval_dce": 0.01, "eval_nll": 1.0, "eval_samples": 400},
+    ...         {"eval_accuracy": 0.66, "eval_dce": 0.03, "eval_nll": 1.1, "eval_samples": 400}]
+    >>> select_candidate(rows)  # row 1 is significantly less accurate; row 2 (0.04 <= 0.0542) is kept
     2
 
     ```
     """
+    _check_rule(max_accuracy_drop, selection_metric)
     if not rows:
         raise ValueError("`rows` is empty: there is no candidate to choose.")
+    keys = ["eval_accuracy", f"eval_{selection_metric}"] + (["eval_nll"] if selection_metric == "dce" else [])
+    if max_accuracy_drop is None:
+        keys.append("eval_samples")
     for row in rows:
-        for key in ("eval_accuracy", "eval_ece"):
+        for key in keys:
+            if key not in row:
+                raise ValueError(
+                    f"Candidate {row} has no {key}: the rule (selection_metric={selection_metric!r}, "
+                    f"max_accuracy_drop={max_accuracy_drop!r}) needs {keys}."
+                )
             if not math.isfinite(row[key]):
                 raise ValueError(f"Candidate {row} has a non-finite {key}.")
-    best = max(row["eval_accuracy"] for row in rows)
-    # 1e-9 absorbs float noise in `best - drop` so a candidate exactly at the edge stays in.
-    floor = best - max_accuracy_drop / 100.0 - 1e-9
-    eligible = [i for i, row in enumerate(rows) if row["eval_accuracy"] >= floor]
-    return min(eligible, key=lambda i: (rows[i]["eval_ece"], i))
+        if max_accuracy_drop is None and not row["eval_samples"] >= 1:
+            raise ValueError(f"Candidate {row} has eval_samples < 1: the accuracy test needs the validation size.")
+    best_row = rows[max(range(len(rows)), key=lambda i: rows[i]["eval_accuracy"])]
+    best = best_row["eval_accuracy"]
+
+    # 1e-9 absorbs float noise so that a candidate exactly at the edge stays in.
+    def kept(row) -> bool:
+        if max_accuracy_drop is not None:
+            return row["eval_accuracy"] >= best - max_accuracy_drop / 100.0 - 1e-9
+        a = row["eval_accuracy"]
+        se = math.sqrt(best * (1.0 - best) / best_row["eval_samples"] + a * (1.0 - a) / row["eval_samples"])
+        return best - a <= ACCURACY_TEST_Z * se + 1e-9
+
+    eligible = [i for i, row in enumerate(rows) if kept(row)]
+    metric = f"eval_{selection_metric}"
+    if selection_metric == "dce":
+        return min(eligible, key=lambda i: (rows[i][metric], rows[i]["eval_nll"], i))
+    return min(eligible, key=lambda i: (rows[i][metric], i))
 
 
 def search_calibration_hparams(
     trainer,
     grid: str | dict | None = None,
     *,
-    max_accuracy_drop: float = 1.0,
+    max_accuracy_drop: float | None = None,
+    selection_metric: str = "dce",
     output_dir: str | os.PathLike | None = None,
 ) -> SearchResult:
     """Grid-search the loss's hyper-parameters of a `CalibrationTrainer` on its `eval_dataset`.
@@ -225,12 +316,16 @@ def search_calibration_hparams(
     `ce`) trains nothing here: the result has no rows and `search.md` says so.
 
     `hyperparameter_search`'s own best run optimises one objective; the rule here needs every candidate's accuracy
-    and ECE, so the objective (validation ECE) is only reported to optuna and the choice is made afterwards.
+    and calibration, so the objective (the validation `selection_metric`) is only reported to optuna and the
+    choice is made afterwards.
 
     Args:
         trainer ([`CalibrationTrainer`]): built with `model_init` (a fresh model per candidate) and an `eval_dataset`.
         grid (`str`, `dict` or `None`, *optional*): see [`parse_search_grid`]; `None` is the loss's default grid.
-        max_accuracy_drop (`float`, *optional*, defaults to 1.0): accuracy points a candidate may trail the best by.
+        max_accuracy_drop (`float`, *optional*): accuracy points a candidate may trail the best by; `None` (the
+            default) keeps the candidates not significantly less accurate than the best (see [`select_candidate`]).
+        selection_metric (`str`, *optional*, defaults to `"dce"`): the validation metric that chooses, one of
+            `SELECTION_METRICS`.
         output_dir (`str`, *optional*): where to write `search.md` and `search.csv`.
 
     Returns:
@@ -246,13 +341,15 @@ def search_calibration_hparams(
         raise ValueError("The search trains a fresh model per candidate: build the trainer with `model_init=`.")
     if trainer.eval_dataset is None:
         raise ValueError("The search chooses on validation: build the trainer with `eval_dataset=`.")
-    SearchArguments(max_accuracy_drop=max_accuracy_drop)  # validates max_accuracy_drop
+    _check_rule(max_accuracy_drop, selection_metric)
     args = trainer.args
     grid = parse_search_grid(grid, args.loss_type)
     if not grid:  # nothing to choose: training a candidate would only repeat the final training run
         result = SearchResult(chosen={}, rows=[], chosen_index=None)
         if trainer.is_world_process_zero():
-            write_search_tables(result, [], output_dir or args.output_dir, args.loss_type, max_accuracy_drop)
+            write_search_tables(
+                result, [], output_dir or args.output_dir, args.loss_type, max_accuracy_drop, selection_metric
+            )
         return result
     candidates = _candidates(grid)
     results: dict[int, dict[str, Any]] = {}  # trial number -> last evaluation of that trial
@@ -268,10 +365,12 @@ def search_calibration_hparams(
             **{name: float(value) for name, value in trial.params.items()},
             "eval_accuracy": metrics["eval_accuracy"],
             "eval_ece": metrics["eval_ece"],
+            "eval_dce": metrics["eval_dce"],
             "eval_nll": metrics["eval_nll"],
+            "eval_samples": len(trainer.eval_dataset),
             "time_s": time.perf_counter() - started.get(trial.number, time.perf_counter()),
         }
-        return metrics["eval_ece"]
+        return metrics[f"eval_{selection_metric}"]
 
     sampler = optuna.samplers.GridSampler({n: list(v) for n, v in grid.items()}, seed=args.seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -289,7 +388,7 @@ def search_calibration_hparams(
     if missing:
         raise RuntimeError(f"The search did not evaluate every candidate; missing: {missing}.")
     rows = [by_params[tuple(candidate.values())] for candidate in candidates]
-    chosen_index = select_candidate(rows, max_accuracy_drop)
+    chosen_index = select_candidate(rows, max_accuracy_drop, selection_metric=selection_metric)
     for i, row in enumerate(rows):
         row["chosen"] = i == chosen_index
     chosen = {name: rows[chosen_index][name] for name in grid}
@@ -298,16 +397,23 @@ def search_calibration_hparams(
     trainer.rebuild_loss()
     result = SearchResult(chosen=chosen, rows=rows, chosen_index=chosen_index)
     if trainer.is_world_process_zero():
-        write_search_tables(result, list(grid), output_dir or args.output_dir, args.loss_type, max_accuracy_drop)
+        write_search_tables(
+            result, list(grid), output_dir or args.output_dir, args.loss_type, max_accuracy_drop, selection_metric
+        )
     return result
 
 
 def write_search_tables(
-    result: SearchResult, names: list[str], output_dir: str | os.PathLike, loss_type: str, max_accuracy_drop: float
+    result: SearchResult,
+    names: list[str],
+    output_dir: str | os.PathLike,
+    loss_type: str,
+    max_accuracy_drop: float | None,
+    selection_metric: str = "dce",
 ) -> None:
     """Write `search.csv` and `search.md` (every candidate, the chosen one marked) to `output_dir`."""
     os.makedirs(output_dir, exist_ok=True)
-    columns = [*names, "eval_accuracy", "eval_ece", "eval_nll", "time_s", "chosen"]
+    columns = [*names, "eval_accuracy", "eval_ece", "eval_dce", "eval_nll", "eval_samples", "time_s", "chosen"]
     with open(os.path.join(output_dir, "search.csv"), "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
@@ -316,17 +422,27 @@ def write_search_tables(
         with open(os.path.join(output_dir, "search.md"), "w") as handle:
             handle.write(f"Search for `{loss_type}`: nothing to search (the loss has no tunable hyper-parameters).\n")
         return
-    header = [*names, "val Acc (%)", "val ECE (%)", "val NLL", "time (s)", "chosen"]
+    header = [*names, "val Acc (%)", "val ECE (%)", "val dCE (%)", "val NLL", "time (s)", "chosen"]
+    if max_accuracy_drop is None:
+        n = result.rows[0]["eval_samples"]
+        window = (
+            f"whose validation accuracy is not significantly below the best one's (one-sided z-test at 5%, "
+            f"{n} validation examples)"
+        )
+    else:
+        window = f"within {max_accuracy_drop:g} points of the best validation accuracy"
+    criterion = {"dce": "debiased calibration error (ties: NLL)", "nll": "NLL", "ece": "ECE"}[selection_metric]
     lines = [
-        f"Search for `{loss_type}`: {len(result.rows)} candidates; chosen by the lowest validation ECE among those "
-        f"within {max_accuracy_drop:g} points of the best validation accuracy.",
+        f"Search for `{loss_type}`: {len(result.rows)} candidates; chosen by the lowest validation {criterion} "
+        f"among those {window}.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
     for row in result.rows:
         cells = [f"{row[name]:g}" for name in names]
-        cells += [f"{100 * row['eval_accuracy']:.2f}", f"{100 * row['eval_ece']:.2f}", f"{row['eval_nll']:.4f}"]
+        cells += [f"{100 * row[key]:.2f}" for key in ("eval_accuracy", "eval_ece", "eval_dce")]
+        cells.append(f"{row['eval_nll']:.4f}")
         cells += [f"{row['time_s']:.0f}", "**yes**" if row["chosen"] else ""]
         lines.append("| " + " | ".join(cells) + " |")
     with open(os.path.join(output_dir, "search.md"), "w") as handle:

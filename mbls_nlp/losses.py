@@ -398,8 +398,8 @@ class _MarginCrossEntropy(torch.autograd.Function):
     """Per-row cross-entropy and margin penalty `sum_k relu((max_j z_j - margin) - z_k)` with a hand-written backward.
 
     Forward and backward each make one pass over the logits in main memory; the work is done in blocks of rows that
-    fit in the cache (`_BLOCK_ELEMENTS`), with torch's fused (log-)softmax kernels for the cross-entropy part. Gradients:
-    `d ce_i / d z_i = softmax(z_i) - onehot(y_i)` and
+    fit in the cache (`_BLOCK_ELEMENTS`), with torch's fused (log-)softmax kernels for the cross-entropy part.
+    Gradients: `d ce_i / d z_i = softmax(z_i) - onehot(y_i)` and
     `d pen_i / d z_i = count_i * onehot(argmax_i) - mask_i` with `mask_ik = 1[z_ik < max_i - margin]` and
     `count_i = sum_k mask_ik` (`relu'(0) = 0` as in torch).
 
@@ -495,8 +495,8 @@ class MarginLoss(CalibrationLoss):
     Parts: `("ce", "margin")` with weights `(1, alpha)`; `margin` is the penalty averaged over classes (the reference's
     `loss_margin_l1` under `"mean"`). Ignored positions are excluded from both terms for any `ignore_index` (the
     reference only filters them for `ignore_index >= 0`). Forward and backward are fused by hand
-    (`_MarginCrossEntropy`) and equal autograd through the straightforward formula (tied maxima: the max's gradient goes to
-    the first maximal index, `torch.argmax`; see `_MarginCrossEntropy`).
+    (`_MarginCrossEntropy`) and equal autograd through the straightforward formula (tied maxima: the max's gradient
+    goes to the first maximal index, `torch.argmax`; see `_MarginCrossEntropy`).
 
     Alpha schedule (opt-in, as the reference; call `schedule_alpha(epoch)` once at the end of every epoch):
     `""` nothing; `"add"` `alpha = min(alpha + mu, max_alpha)`; `"multiply"` `alpha = min(alpha * mu, max_alpha)`;
@@ -785,7 +785,8 @@ class DualFocalLoss(CalibrationLoss):
     >>> import math, torch
     >>> from mbls_nlp.losses import DualFocalLoss
     >>> z = torch.log(torch.tensor([[2.0, 1.0, 1.0]]))  # p = [1/2, 1/4, 1/4]; target 0: p_j = 1/4
-    >>> round(DualFocalLoss(gamma=2.0)(z, torch.tensor([0])).item(), 6) == round((1 - 0.5 + 0.25) ** 2 * math.log(2), 6)
+    >>> expected = (1 - 0.5 + 0.25) ** 2 * math.log(2)  # (1 - p_y + p_j)^gamma * -log p_y
+    >>> round(DualFocalLoss(gamma=2.0)(z, torch.tensor([0])).item(), 6) == round(expected, 6)
     True
     """
 
@@ -901,9 +902,10 @@ class ClassAdaptiveLoss(CalibrationLoss):
     A training loop calls `update_multipliers(epoch)` at each epoch end; with several processes it sums
     `epoch_statistics` over them first and passes the sums. `CalibrationTrainer` does both.
 
-    Reference code: github.com/by-liu/CALS (MIT), `calibrate/lagrangian/aug_lagrangian_class.py` (`AugLagrangianClass`),
-    `penalty.py` (`phr`), defaults from `configs/lag/aug_lagrangian_class.yaml` (`margin: 20, penalty: phr,
-    lambd_min: 1e-6, lambd_max: 1e6, lambd_step: 1, rho: 1, rho_step: 10, gamma: 1.2, tao: 0.9, normalize: True`,
+    Reference code: github.com/by-liu/CALS (MIT), `calibrate/lagrangian/aug_lagrangian_class.py`
+    (`AugLagrangianClass`), `penalty.py` (`phr`), defaults from `configs/lag/aug_lagrangian_class.yaml`
+    (`margin: 20, penalty: phr, lambd_min: 1e-6, lambd_max: 1e6, lambd_step: 1, rho: 1, rho_step: 10, gamma: 1.2,
+    tao: 0.9, normalize: True`,
     `rho_max` 10 from the class). The reference estimates both updates on the validation set, in its per-epoch
     validation pass; here `lambda` comes from the training epoch's forward passes (always available, exact under
     gradient accumulation) and the constraint of the `rho` update from validation statistics when they are given

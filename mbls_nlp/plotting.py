@@ -35,7 +35,12 @@ def _import_matplotlib():
 
 
 def _draw(
-    bins: dict[str, list], ece: float, *, title: str | None, ax: matplotlib.axes.Axes | None
+    bins: dict[str, list],
+    ece: float,
+    *,
+    title: str | None,
+    ax: matplotlib.axes.Axes | None,
+    confidence: float | None = None,
 ) -> matplotlib.figure.Figure:
     if title is not None and not isinstance(title, str):
         raise TypeError(f"`title` must be a str or None, got {type(title).__name__}.")
@@ -84,6 +89,20 @@ def _draw(
         linewidth=0.6,
         label="Gap",
     )
+    if "accuracy_low" in bins:
+        # the bin's accuracy is a proportion of its n_b positions: with few positions a large gap may be noise
+        low = [bins["accuracy_low"][i] for i in filled]
+        high = [bins["accuracy_high"][i] for i in filled]
+        ax_rel.errorbar(
+            [xi + wi / 2 for xi, wi in zip(x, w)],
+            acc,
+            yerr=[[a - lo for a, lo in zip(acc, low)], [hi - a for a, hi in zip(acc, high)]],
+            fmt="none",
+            ecolor="black",
+            elinewidth=1,
+            capsize=2,
+            label=f"{100 * confidence:g}% interval (Wilson)",
+        )
     ax_rel.set_xlim(0, 1)
     ax_rel.set_ylim(0, 1)
     ax_rel.set_ylabel("Accuracy")
@@ -111,9 +130,11 @@ def reliability_diagram(
     ignore_index: int = -100,
     title: str | None = None,
     ax: matplotlib.axes.Axes | None = None,
+    confidence: float | None = None,
 ) -> matplotlib.figure.Figure:
     """Draws a reliability diagram: per-bin accuracy against the diagonal, the gap to the mean confidence shaded,
-    the ECE in the legend, and the number of samples per confidence bin in a second axis under it.
+    the ECE in the legend, and the number of samples per confidence bin in a second axis under it; with
+    `confidence`, an error bar on each bin's accuracy (its Wilson score interval).
 
     Args:
         scores (`torch.Tensor` or `np.ndarray` of shape `(N, C)` or `(N, C, d1, ...)`):
@@ -131,6 +152,9 @@ def reliability_diagram(
         ax (`matplotlib.axes.Axes`, *optional*):
             Axes to draw into; the histogram is placed in a strip split off its bottom. By default a new
             `Figure` (not registered with `pyplot`) is created.
+        confidence (`float`, *optional*):
+            Coverage in (0, 1), e.g. 0.95: draws the Wilson score interval of each bin's accuracy (see
+            `mbls_nlp.calibration.reliability_bins`), so that a gap within the noise of a sparse bin shows as such.
 
     Returns:
         `matplotlib.figure.Figure`: the figure holding the diagram.
@@ -140,15 +164,15 @@ def reliability_diagram(
     ```python
     >>> import torch
     >>> from mbls_nlp.plotting import reliability_diagram
-    >>> fig = reliability_diagram(torch.randn(100, 5), torch.randint(0, 5, (100,)), title="CE")
+    >>> fig = reliability_diagram(torch.randn(100, 5), torch.randint(0, 5, (100,)), title="CE", confidence=0.95)
     >>> fig.savefig("reliability.png")  # doctest: +SKIP
 
     ```
     """
     kwargs = {"n_bins": n_bins, "from_logits": from_logits, "ignore_index": ignore_index}
-    bins = reliability_bins(scores, labels, **kwargs)
+    bins = reliability_bins(scores, labels, **kwargs, confidence=confidence)
     ece = expected_calibration_error(scores, labels, **kwargs)
-    return _draw(bins, ece, title=title, ax=ax)
+    return _draw(bins, ece, title=title, ax=ax, confidence=confidence)
 
 
 def save_reliability_diagram(
@@ -161,20 +185,22 @@ def save_reliability_diagram(
     ignore_index: int = -100,
     title: str | None = None,
     dpi: int = 150,
+    confidence: float | None = None,
 ) -> dict[str, list]:
     """Writes the reliability diagram as a PNG at `path` and its bin table as JSON next to it (same stem, `.json`).
 
     Args:
         path (`str` or `os.PathLike`):
             Where to write the PNG (written as PNG whatever the suffix); missing parent folders are created.
-        scores, labels, n_bins, from_logits, ignore_index, title:
+        scores, labels, n_bins, from_logits, ignore_index, title, confidence:
             As in [`reliability_diagram`].
         dpi (`int`, *optional*, defaults to `150`):
             Resolution of the PNG.
 
     Returns:
         `dict[str, list]`: the bin table written to the JSON file, i.e. `mbls_nlp.calibration.reliability_bins`'s
-        output: `bin_lower`, `bin_upper`, `count`, `confidence`, `accuracy` (`None` for empty bins).
+        output: `bin_lower`, `bin_upper`, `count`, `confidence`, `accuracy` (`None` for empty bins), and with
+        `confidence` the intervals `accuracy_low`, `accuracy_high`.
 
     Examples:
 
@@ -196,9 +222,9 @@ def save_reliability_diagram(
     # Fail on a missing matplotlib before computing anything.
     _import_matplotlib()
     kwargs = {"n_bins": n_bins, "from_logits": from_logits, "ignore_index": ignore_index}
-    bins = reliability_bins(scores, labels, **kwargs)
+    bins = reliability_bins(scores, labels, **kwargs, confidence=confidence)
     ece = expected_calibration_error(scores, labels, **kwargs)
-    fig = _draw(bins, ece, title=title, ax=None)
+    fig = _draw(bins, ece, title=title, ax=None, confidence=confidence)
     png_path = Path(path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png_path, format="png", dpi=dpi)

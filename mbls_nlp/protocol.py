@@ -518,7 +518,10 @@ def train_calibrate_and_test(
     search = {}
     if search_args is not None and search_args.search_hparams:
         search = search_calibration_hparams(
-            trainer, search_args.search_grid, max_accuracy_drop=search_args.max_accuracy_drop
+            trainer,
+            search_args.search_grid,
+            max_accuracy_drop=search_args.max_accuracy_drop,
+            selection_metric=search_args.selection_metric,
         ).summary()
     train_result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
     trainer.temperature = None  # the validation logits below are those of the trained model, unscaled

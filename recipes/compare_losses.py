@@ -13,7 +13,8 @@ Examples:
     # The paper's 20 Newsgroups comparison with the text CNN, offline, on one GPU or the CPU:
     python recipes/compare_losses.py --recipe text_classification --loss_types ce,ls,focal,flsd,ecp,mbls \\
         --output_dir runs/compare-20ng -- \\
-        --train_file ../shared/data/20newsgroups/train.jsonl.gz --test_file ../shared/data/20newsgroups/test.jsonl.gz \\
+        --train_file ../shared/data/20newsgroups/train.jsonl.gz \\
+        --test_file ../shared/data/20newsgroups/test.jsonl.gz \\
         --newsgroups_cleanup headers --num_train_epochs 10 --per_device_train_batch_size 128
 
     # Tuned against tuned: each loss searches its own grid on validation first (ce has nothing to tune):

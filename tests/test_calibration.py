@@ -9,6 +9,7 @@ import pytest
 import relplot
 import torch
 
+from mbls_nlp import calibration
 from mbls_nlp.calibration import (
     METRIC_NAMES,
     accuracy,
@@ -220,6 +221,44 @@ def test_bin_edges_are_right_closed():
     assert table["count"] == [0, 1, 1, 0]
     assert table["bin_lower"] == [0.0, 0.25, 0.5, 0.75]
     assert table["bin_upper"] == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_reliability_bins_wilson_intervals_equal_scipy():
+    from scipy.stats import binomtest
+
+    logits, labels = random_logits(500, 4, seed=12)
+    table = reliability_bins(logits, labels, n_bins=8, confidence=0.9)
+    for k, n, low, high in zip(
+        (a * c if c else 0 for a, c in zip(table["accuracy"], table["count"])),
+        table["count"],
+        table["accuracy_low"],
+        table["accuracy_high"],
+    ):
+        if n == 0:
+            assert low is None and high is None
+            continue
+        ref = binomtest(round(k), n).proportion_ci(0.9, method="wilson")
+        assert (low, high) == pytest.approx((ref.low, ref.high), abs=1e-12)
+    assert "accuracy_low" not in reliability_bins(logits, labels, n_bins=8)
+    with pytest.raises(ValueError, match=r"`confidence` must be None or in \(0, 1\)"):
+        reliability_bins(logits, labels, confidence=1.0)
+    with pytest.raises(TypeError, match="`confidence`"):
+        reliability_bins(logits, labels, confidence="0.9")
+
+
+@pytest.mark.parametrize("n", [1, 7, 30, 1000])
+def test_wilson_interval_contains_an_all_right_or_all_wrong_bin(n):
+    # A bin whose positions are all right (accuracy 1) or all wrong (0): the Wilson interval's end is exactly that
+    # accuracy (mathematically; rounding once gave 1 - 1.1e-16 and a negative error bar in the diagram).
+    confidence = torch.tensor([[0.97, 0.03]]).repeat(n, 1)
+    right = reliability_bins(confidence, torch.zeros(n, dtype=torch.long), from_logits=False, confidence=0.95)
+    wrong = reliability_bins(confidence, torch.ones(n, dtype=torch.long), from_logits=False, confidence=0.95)
+    (i,) = [b for b, c in enumerate(right["count"]) if c]
+    assert right["accuracy_high"][i] == 1.0 and right["accuracy_low"][i] < 1.0
+    assert wrong["accuracy_low"][i] == 0.0 and wrong["accuracy_high"][i] > 0.0
+    reliability_diagram_module = pytest.importorskip("mbls_nlp.plotting")
+    reliability_diagram_module.reliability_diagram(confidence, torch.zeros(n, dtype=torch.long), from_logits=False,
+                                                   confidence=0.95)  # fmt: skip
 
 
 def test_reliability_bins_json_and_empty_bins():
@@ -668,6 +707,37 @@ def test_bootstrap_intervals_equal_a_loop_over_resamples(shape):
         low, high = loop_interval([r[name] for r in loop], 0.9)
         assert ours[f"{name}_low"] == pytest.approx(low, abs=1e-12), name
         assert ours[f"{name}_high"] == pytest.approx(high, abs=1e-12), name
+
+
+@pytest.mark.parametrize(("n", "n_bins"), [(20, 15), (7, 10), (300, 4)])
+def test_bootstrap_equal_mass_groups_with_repeated_examples(n, n_bins):
+    # n = 20 with 15 bins: groups of 1-2 copies, so one example's copies straddle several group boundaries and
+    # some runs strictly inside a group are empty; n = 7 < 10 bins: some groups are empty in every resample
+    logits, labels = random_logits(n, 3, seed=n)
+    ours = calibration_report(logits, labels, n_bins=n_bins, n_bootstrap=60, confidence=0.8, seed=9)
+    loop = resampled_reports(logits, labels, 60, 9, n_bins=n_bins)
+    for name in ("aece", "dsce", "dce", "ece", "mce", "cece"):
+        low, high = loop_interval([r[name] for r in loop], 0.8)
+        assert ours[f"{name}_low"] == pytest.approx(low, abs=1e-12), name
+        assert ours[f"{name}_high"] == pytest.approx(high, abs=1e-12), name
+
+
+def test_bootstrap_smooth_ece_equals_a_loop_at_the_sample_bandwidth(monkeypatch):
+    # the replicates apply the smoothing as one (grid, points) matrix; the loop runs the FFT of
+    # `smooth_calibration_error` at the same bandwidth on each resample: the two agree to rounding
+    logits, labels = random_logits(400, 5, seed=11, scale=1.5)
+    sigma = calibration._sample(logits, labels, 15, True, -100)["sigma"]
+    draws = np.random.default_rng(4).integers(0, 400, size=(50, 400))
+    values = [smooth_calibration_error(logits[d], labels[d], bandwidth=sigma) for d in draws]
+    low, high = loop_interval(values, 0.9)
+    ours = calibration_report(logits, labels, n_bootstrap=50, seed=4, confidence=0.9)
+    assert ours["smece_low"] == pytest.approx(low, abs=1e-12)
+    assert ours["smece_high"] == pytest.approx(high, abs=1e-12)
+    # above the matrix's size limit the replicates fall back to the FFT: the same numbers
+    monkeypatch.setattr(calibration, "_SMECE_MATRIX_ELEMENTS", 0)
+    fft = calibration_report(logits, labels, n_bootstrap=50, seed=4, confidence=0.9)
+    assert fft["smece_low"] == pytest.approx(low, abs=1e-12)
+    assert fft["smece_high"] == pytest.approx(high, abs=1e-12)
 
 
 def test_bootstrap_smooth_ece_uses_the_full_sample_bandwidth():

@@ -537,6 +537,9 @@ def test_reliability_diagrams_written_when_asked(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         table = json.loads((tmp_path / f"{name}.json").read_text())
         assert sum(table["count"]) == 16
+        # the recipes' diagrams carry the per-bin 95% intervals of the accuracy (issue 15)
+        filled = [i for i, n in enumerate(table["count"]) if n]
+        assert all(table["accuracy_low"][i] <= table["accuracy"][i] <= table["accuracy_high"][i] for i in filled)
 
 
 # ---- bad input ----

@@ -1,4 +1,5 @@
-"""The validation-only hyper-parameter search: grid parsing, the selection rule, the trainer search and the recipe flag."""
+"""The validation-only hyper-parameter search: grid parsing, the selection rule, the trainer search and the recipe
+flag."""
 
 import csv
 import json
@@ -105,17 +106,71 @@ def test_selection_by_hand():
     rows = [row(0.700, 0.100), row(0.685, 0.010), row(0.695, 0.050), row(0.690, 0.050)]
     # best accuracy 0.700; a 1-point window keeps rows 0, 2 (0.695) and 3 (0.690, exactly at the edge), drops row 1
     # (0.685, the lowest ECE). ECE 0.050 ties between rows 2 and 3: the earlier wins.
-    assert select_candidate(rows, max_accuracy_drop=1.0) == 2
-    assert select_candidate(rows, max_accuracy_drop=1.5) == 1  # 0.685 is now inside the window
-    assert select_candidate(rows, max_accuracy_drop=0.0) == 0  # only the most accurate candidate
-    assert select_candidate([row(0.3, 0.2)], 1.0) == 0
+    assert select_candidate(rows, max_accuracy_drop=1.0, selection_metric="ece") == 2
+    assert select_candidate(rows, max_accuracy_drop=1.5, selection_metric="ece") == 1  # 0.685 is now inside the window
+    assert select_candidate(rows, max_accuracy_drop=0.0, selection_metric="ece") == 0  # only the most accurate one
+    assert select_candidate([row(0.3, 0.2)], 1.0, selection_metric="ece") == 0
 
 
 def test_selection_rejects_empty_and_nan():
     with pytest.raises(ValueError, match="empty"):
         select_candidate([], 1.0)
     with pytest.raises(ValueError, match="non-finite eval_ece"):
-        select_candidate([row(0.5, float("nan"))], 1.0)
+        select_candidate([row(0.5, float("nan"))], 1.0, selection_metric="ece")
+
+
+def candidate(accuracy, dce, nll, n=400):
+    return {"eval_accuracy": accuracy, "eval_dce": dce, "eval_nll": nll, "eval_samples": n}
+
+
+def test_default_rule_keeps_the_candidates_not_significantly_less_accurate():
+    rows = [candidate(0.80, 0.05, 0.60), candidate(0.76, 0.02, 0.70), candidate(0.75, 0.01, 0.65)]
+    rows.append(candidate(0.78, 0.03, 0.68))
+    # n = 400: SE of the difference to the best (0.80: 0.8 * 0.2 / 400 = 0.0004)
+    #   0.76: sqrt(0.0004 + 0.76 * 0.24 / 400) = sqrt(0.000856) = 0.02926, 1.645 * SE = 0.0481 >= 0.04: kept
+    #   0.75: sqrt(0.0004 + 0.75 * 0.25 / 400) = sqrt(0.00086875) = 0.02948, 1.645 * SE = 0.0485 < 0.05: out
+    #   0.78: kept (0.02 < 0.048); the lowest dce among rows 0, 1, 3 is row 1 (0.02)
+    assert select_candidate(rows) == 1
+    # n = 1000: 0.76: sqrt((0.16 + 0.1824) / 1000) = 0.018504, 1.645 * SE = 0.0304 < 0.04: out
+    #   0.78: sqrt((0.16 + 0.1716) / 1000) = 0.01821, 1.645 * SE = 0.0300 >= 0.02: kept -> row 3 (dce 0.03)
+    assert select_candidate([{**r, "eval_samples": 1000} for r in rows]) == 3
+    # the override: within 5 points keeps 0.75 as well (exactly at the edge), whose dce is the lowest
+    assert select_candidate(rows, max_accuracy_drop=5.0) == 2
+    assert select_candidate(rows, selection_metric="nll") == 0  # NLL 0.60 among rows 0, 1, 3
+
+
+def test_equal_dce_goes_to_the_lower_nll_then_the_earlier_row():
+    rows = [candidate(0.70, 0.0, 0.90), candidate(0.70, 0.0, 0.80), candidate(0.70, 0.0, 0.80)]
+    assert select_candidate(rows) == 1
+
+
+def test_the_recorded_20ng_mbls_sweep():
+    # benchmarks/RESULTS.md, tuned 20NG study: validation accuracy / ECE (%) of the MbLS grid, margin-major
+    # (margin 0..10 x alpha 0.1, 0.5, 1), on 1,132 validation messages; only accuracy and ECE are recorded there.
+    sweep = [
+        (47.88, 10.60), (54.51, 34.86), (32.33, 27.32), (58.48, 12.35), (57.24, 31.13), (53.09, 34.68),
+        (55.48, 9.87), (54.95, 18.11), (56.10, 22.42), (55.04, 7.35), (53.45, 12.61), (54.59, 13.63),
+        (54.86, 7.07), (54.33, 10.18), (54.59, 9.68), (54.06, 5.29), (52.92, 6.71), (53.00, 6.83),
+    ]  # fmt: skip
+    rows = [{"eval_accuracy": a / 100, "eval_ece": e / 100, "eval_samples": 1132} for a, e in sweep]
+    # 1.645 * sqrt(0.5848 * 0.4152 / 1132 + a (1 - a) / 1132) is 3.41-3.43 points for these accuracies: kept are
+    # 58.48, 57.24 (1.24 behind), 56.10 (2.38) and 55.48 (3.00); 55.04 (3.44 behind, window 3.42) is just out
+    assert select_candidate(rows, selection_metric="ece") == 6  # margin 4, alpha 0.1: ECE 9.87
+    assert select_candidate(rows, max_accuracy_drop=1.0, selection_metric="ece") == 3  # the recorded choice
+
+
+def test_selection_rule_bad_input():
+    with pytest.raises(ValueError, match=r"`selection_metric` must be one of \('dce', 'nll', 'ece'\)"):
+        select_candidate([candidate(0.5, 0.1, 1.0)], selection_metric="brier")
+    with pytest.raises(ValueError, match="has no eval_samples"):
+        select_candidate([{"eval_accuracy": 0.5, "eval_dce": 0.1, "eval_nll": 1.0}])
+    with pytest.raises(ValueError, match="has no eval_dce"):
+        select_candidate([row(0.5, 0.1)], 1.0)
+    with pytest.raises(ValueError, match="eval_samples < 1"):
+        select_candidate([candidate(0.5, 0.1, 1.0, n=0)])
+    with pytest.raises(ValueError, match="`selection_metric`"):
+        SearchArguments(selection_metric="accuracy")
+    assert SearchArguments().max_accuracy_drop is None  # the default is the test
 
 
 # ---- the search inside CalibrationTrainer ----
@@ -152,7 +207,7 @@ def test_search_trains_each_candidate_with_its_own_loss(tmp_path, monkeypatch):
         seen.append((self.args.ls_epsilon, self.loss_fn.epsilon))
 
     monkeypatch.setattr(CalibrationTrainer, "rebuild_loss", recording_rebuild)
-    result = search_calibration_hparams(trainer, "ls_epsilon=0.0,0.3", max_accuracy_drop=100.0)
+    result = search_calibration_hparams(trainer, "ls_epsilon=0.0,0.3", max_accuracy_drop=100.0, selection_metric="ece")
     assert {pair for pair in seen} >= {(0.0, 0.0), (0.3, 0.3)}
     assert all(args_value == loss_value for args_value, loss_value in seen)
     rows = result.rows
@@ -169,7 +224,7 @@ def test_search_trains_each_candidate_with_its_own_loss(tmp_path, monkeypatch):
     assert metrics["eval_accuracy"] == rows[result.chosen_index]["eval_accuracy"]
 
     table = (tmp_path / "search.md").read_text()
-    assert "| ls_epsilon | val Acc (%) | val ECE (%) | val NLL | time (s) | chosen |" in table
+    assert "| ls_epsilon | val Acc (%) | val ECE (%) | val dCE (%) | val NLL | time (s) | chosen |" in table
     assert table.count("**yes**") == 1
 
 
@@ -181,7 +236,26 @@ def test_search_without_free_hyperparameters_trains_nothing(tmp_path):
     assert result.chosen == {} and result.rows == [] and result.chosen_index is None and calls == []
     assert result.summary() == {"search_candidates": 0, "search_time_s": 0}
     assert "nothing to search" in (tmp_path / "search.md").read_text()
-    assert (tmp_path / "search.csv").read_text().splitlines() == ["eval_accuracy,eval_ece,eval_nll,time_s,chosen"]
+    header = "eval_accuracy,eval_ece,eval_dce,eval_nll,eval_samples,time_s,chosen"
+    assert (tmp_path / "search.csv").read_text().splitlines() == [header]
+
+
+def test_search_default_rule_over_the_logged_rows(tmp_path):
+    trainer = search_trainer(tmp_path, "ls")
+    result = search_calibration_hparams(trainer, "ls_epsilon=0.0,0.3,0.6")
+    rows = result.rows
+    assert all(r["eval_samples"] == 32 for r in rows)  # the validation set's size
+    # the rule by hand: kept when best - a <= 1.645 * sqrt((b (1 - b) + a (1 - a)) / 32); lowest dce, then NLL
+    best = max(r["eval_accuracy"] for r in rows)
+    kept = [
+        i
+        for i, r in enumerate(rows)
+        if best - r["eval_accuracy"]
+        <= 1.645 * ((best * (1 - best) + r["eval_accuracy"] * (1 - r["eval_accuracy"])) / 32) ** 0.5 + 1e-9
+    ]
+    assert result.chosen_index == min(kept, key=lambda i: (rows[i]["eval_dce"], rows[i]["eval_nll"], i))
+    table = (tmp_path / "search.md").read_text()
+    assert "debiased calibration error (ties: NLL)" in table and "32 validation examples" in table
 
 
 def test_search_needs_model_init_and_validation(tmp_path):
@@ -234,6 +308,7 @@ def test_recipe_search_selects_by_the_rule_and_tests_once(tmp_path, monkeypatch,
             "--search_hparams",
             "--search_grid=margin=0,10;alpha=0.1,1",
             "--max_accuracy_drop=2",
+            "--selection_metric=ece",
         ]
     )
     assert predictions == [("test", 60)]

@@ -12,7 +12,15 @@ import mbls_nlp
 
 ROOT = Path(__file__).resolve().parents[1]
 # The modules usable from any PyTorch loop (README "The pieces"), and the package itself.
-TORCH_ONLY = ["mbls_nlp", "mbls_nlp.losses", "mbls_nlp.calibration", "mbls_nlp.temperature", "mbls_nlp.plotting"]
+TORCH_ONLY = [
+    "mbls_nlp",
+    "mbls_nlp.losses",
+    "mbls_nlp.calibration",
+    "mbls_nlp.temperature",
+    "mbls_nlp.plotting",
+    "mbls_nlp._checks",
+    "mbls_nlp.recipe_defaults",
+]
 
 
 def loaded_after_import(statement: str) -> list[str]:

@@ -5,7 +5,10 @@ import pytest
 
 from mbls_nlp.newsgroups import clean_newsgroups, clean_newsgroups_text
 
-RAW = "From: a@b.c\nSubject: hi\n\nIn article <1@x> bob writes:\n> quoted\n| also quoted\nMy answer.\nHe said: yes\n\n-- \nAlice\n\n"
+RAW = (
+    "From: a@b.c\nSubject: hi\n\nIn article <1@x> bob writes:\n> quoted\n| also quoted\nMy answer.\n"
+    "He said: yes\n\n-- \nAlice\n\n"
+)
 
 
 def test_cleaning_modes_on_a_hand_made_message():

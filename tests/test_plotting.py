@@ -93,6 +93,28 @@ def test_gap_bars_look_like_their_legend_swatch():
         assert bar.get_facecolor()[3] == 1.0 and bar.get_facecolor() == pytest.approx(to_rgba("#f3bebe"))
 
 
+def test_per_bin_intervals(tmp_path):
+    logits, labels = _over_confident(n=300, seed=2)
+    fig = reliability_diagram(logits, labels, n_bins=10, confidence=0.9)
+    ax_rel = fig.axes[0]
+    bins = reliability_bins(logits, labels, n_bins=10, confidence=0.9)
+    filled = [i for i, n in enumerate(bins["count"]) if n > 0]
+    acc_bars, gap_bars, errorbars = ax_rel.containers
+    # one vertical segment per non-empty bin, at the bin's centre, from the interval's low to its high end
+    (segments,) = errorbars.lines[2]
+    for segment, i in zip(segments.get_segments(), filled, strict=True):
+        (x0, y0), (x1, y1) = segment
+        assert x0 == x1 == pytest.approx((bins["bin_lower"][i] + bins["bin_upper"][i]) / 2)
+        assert (y0, y1) == pytest.approx((bins["accuracy_low"][i], bins["accuracy_high"][i]))
+    labels_in_legend = {t.get_text() for t in ax_rel.get_legend().get_texts()}
+    assert "90% interval (Wilson)" in labels_in_legend
+    table = save_reliability_diagram(tmp_path / "r.png", logits, labels, n_bins=10, confidence=0.9)
+    assert json.loads((tmp_path / "r.json").read_text()) == table == bins
+    assert "accuracy_low" not in save_reliability_diagram(tmp_path / "plain.png", logits, labels, n_bins=10)
+    with pytest.raises(ValueError, match="`confidence`"):
+        reliability_diagram(logits, labels, confidence=95)
+
+
 def test_does_not_touch_pyplot_or_the_backend(tmp_path):
     # In a fresh interpreter (other tests may have imported pyplot): drawing and saving must neither import pyplot
     # (which would pick a GUI backend and register figures that leak) nor change the configured backend.

@@ -188,7 +188,8 @@ class TextCNNForSequenceClassification(TextCNNPreTrainedModel):
     >>> import torch
     >>> from mbls_nlp.models import TextCNNConfig, TextCNNForSequenceClassification
     >>> model = TextCNNForSequenceClassification(TextCNNConfig(vocab_size=50, embedding_dim=8, num_labels=3))
-    >>> out = model(torch.tensor([[5, 6, 7, 0]]), attention_mask=torch.tensor([[1, 1, 1, 0]]), labels=torch.tensor([2]))
+    >>> ids, mask = torch.tensor([[5, 6, 7, 0]]), torch.tensor([[1, 1, 1, 0]])
+    >>> out = model(ids, attention_mask=mask, labels=torch.tensor([2]))
     >>> out.logits.shape
     torch.Size([1, 3])
 
@@ -273,7 +274,8 @@ class TextCNNForSequenceClassification(TextCNNPreTrainedModel):
         Examples:
 
         ```python
-        >>> model = TextCNNForSequenceClassification.from_pretrained_embeddings("path/to/all-MiniLM-L6-v2")  # doctest: +SKIP
+        >>> folder = "path/to/all-MiniLM-L6-v2"
+        >>> model = TextCNNForSequenceClassification.from_pretrained_embeddings(folder)  # doctest: +SKIP
         >>> tokenizer = AutoTokenizer.from_pretrained("path/to/all-MiniLM-L6-v2")  # doctest: +SKIP
         ```
         """
