@@ -6,10 +6,11 @@ the same after temperature scaling as `test_ts_*`, and `temperature`) and reliab
 (`reliability_test.png`) and after (`reliability_test_ts.png`) temperature scaling.
 
 Without `--model_name_or_path` it trains a CIFAR-style ResNet from scratch (`--resnet_preset`, ResNet-20 by default;
-the paper's CIFAR-10 network is `resnet50`) on 32x32 images normalised with CIFAR-10's mean and std, with
-`CIFAR_RESNET_DEFAULTS` (SGD, momentum 0.9, lr 0.1, weight decay 5e-4, batch 128, cosine decay) applied only to the
-flags not given (see `mbls_nlp.protocol.parse_recipe_args`). A checkpoint given by `--model_name_or_path` brings its
-own image processor and trains at `TrainingArguments`' defaults.
+the paper's CIFAR-10 network is `resnet50`) on 32x32 images normalised with CIFAR-10's mean and std, with the
+defaults `CIFAR_RESNET_DEFAULTS` of `mbls_nlp/recipe_defaults.py` (SGD, momentum 0.9, lr 0.1, weight decay 5e-4,
+batch 128, cosine decay) applied only to the flags not given (see `mbls_nlp.protocol.parse_recipe_args`). A
+checkpoint given by `--model_name_or_path` brings its own image processor and trains at `TrainingArguments`'
+defaults.
 
 Examples:
 
@@ -57,34 +58,9 @@ from mbls_nlp.protocol import (
     parse_recipe_args,
     train_calibrate_and_test,
 )
+from mbls_nlp.recipe_defaults import CIFAR10_MEAN, CIFAR10_STD, CIFAR_IMAGE_SIZE, CIFAR_RESNET_DEFAULTS
 
 ARCHITECTURES = ("auto", "cifar_resnet")
-# The CIFAR ResNet's input: 32x32 images, normalised with the CIFAR-10 channel mean and std of the paper's loader
-# (by-liu/MbLS calibrate/data/cifar10.py, transforms.Normalize).
-CIFAR_IMAGE_SIZE = 32
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2023, 0.1994, 0.2010)
-
-# The CIFAR ResNet's training protocol, trained from scratch: the MbLS paper's CIFAR protocol (after Mukhoti et al.
-# 2020), SGD with momentum 0.9 (torch's, not Nesterov), lr 0.1, weight decay 5e-4, batch 128 (by-liu/MbLS
-# configs/data/cifar10.yaml, batch_size: 128). Its schedule divides the lr by 10 at epochs 150 and 250 of 350
-# (configs/scheduler/multi_step.yaml), a GPU budget; for the few epochs a CPU allows, a cosine decay from 0.1 to 0
-# over the given epochs stands in for it (same start, and the lr ends as small as after the last milestone). 30
-# epochs by default: a budget where ResNet-20 under a cosine schedule is far from chance, well short of the paper's.
-# The Trainer decays every weight but biases (and norm layers by name; batch norm weights here are decayed, as in
-# the reference, which decays every parameter). An evaluation and a log each epoch show the curves and loss parts.
-CIFAR_RESNET_DEFAULTS: dict[str, Any] = {
-    "optim": "sgd",
-    "optim_args": "momentum=0.9",
-    "learning_rate": 0.1,
-    "weight_decay": 5e-4,
-    "per_device_train_batch_size": 128,
-    "per_device_eval_batch_size": 256,
-    "lr_scheduler_type": "cosine",
-    "num_train_epochs": 30,
-    "eval_strategy": "epoch",
-    "logging_strategy": "epoch",
-}
 
 
 @dataclass

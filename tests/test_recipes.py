@@ -328,8 +328,9 @@ def test_image_recipe_trains_its_cifar_resnet_without_a_model_path(tmp_path, loa
     processor = json.loads((output_dir / "preprocessor_config.json").read_text())
     assert processor["size"] == {"height": 32, "width": 32}
     assert processor["image_mean"] == list(recipe.CIFAR10_MEAN) and processor["image_std"] == list(recipe.CIFAR10_STD)
-    # 64 training rows (kept after validation is carved): 4 steps of 16 per epoch, 8 in all. The log of each epoch shows the lr of its last step under the cosine from 0.1: at 0-based step k of 8,
-    # 0.1 * (1 + cos(pi k / 8)) / 2, i.e. 0.05 * (1 + cos(3 pi / 8)) = 0.069134 and 0.05 * (1 + cos(7 pi / 8)) = 0.003806.
+    # 64 training rows (kept after validation is carved): 4 steps of 16 per epoch, 8 in all. The log of each epoch
+    # shows the lr of its last step under the cosine from 0.1: at 0-based step k of 8, 0.1 * (1 + cos(pi k / 8)) / 2,
+    # i.e. 0.05 * (1 + cos(3 pi / 8)) = 0.069134 and 0.05 * (1 + cos(7 pi / 8)) = 0.003806.
     history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
     logged = [entry["learning_rate"] for entry in history if "learning_rate" in entry]
     assert logged == pytest.approx([0.05 * (1 + math.cos(3 * math.pi / 8)), 0.05 * (1 + math.cos(7 * math.pi / 8))])
