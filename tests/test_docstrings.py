@@ -13,6 +13,8 @@ MODULES = [
     "mbls_nlp.models.text_cnn.configuration_text_cnn",
     "mbls_nlp.models.text_cnn.modeling_text_cnn",
     "mbls_nlp.models.text_cnn.tokenization_text_cnn",
+    "mbls_nlp.models.cifar_resnet.configuration_cifar_resnet",
+    "mbls_nlp.models.cifar_resnet.modeling_cifar_resnet",
 ]
 
 

@@ -113,6 +113,30 @@ def test_image_recipe_augmentation_flag(load_script):
     assert data_args.dataset_name == "uoft-cs/cifar10" and training_args.remove_unused_columns is False
 
 
+def test_image_recipe_cifar_resnet_defaults_apply_only_where_no_flag_is_given(load_script):
+    from transformers import Trainer
+
+    recipe = load_script("recipes/image_classification.py")
+    model_args, _, _, args = recipe.parse_args(["--output_dir=unused"])
+    assert model_args.use_cifar_resnet and model_args.resnet_preset == "resnet20"
+    assert (args.optim, args.learning_rate, args.weight_decay, args.lr_scheduler_type) == ("sgd", 0.1, 5e-4, "cosine")
+    assert args.per_device_train_batch_size == 128 and args.num_train_epochs == 30
+    # The momentum reaches torch's SGD through optim_args; weight decay through the Trainer's parameter groups.
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    assert optimizer_cls is torch.optim.SGD and optimizer_kwargs == {"lr": 0.1, "momentum": 0.9}
+    # A flag given wins over the kind's default; the others keep theirs.
+    args = recipe.parse_args(["--output_dir=unused", "--learning_rate=0.05", "--lr_scheduler_type=linear"])[3]
+    assert (args.learning_rate, args.lr_scheduler_type, args.optim, args.weight_decay) == (0.05, "linear", "sgd", 5e-4)
+    # A checkpoint trains at TrainingArguments' defaults, unless --architecture cifar_resnet asks for the ResNet.
+    model_args, _, _, args = recipe.parse_args(["--output_dir=unused", "--model_name_or_path=x"])
+    assert not model_args.use_cifar_resnet and args.optim != "sgd" and args.learning_rate == 5e-5
+    assert recipe.parse_args(["--output_dir=unused", "--model_name_or_path=x", "--architecture=cifar_resnet"])[
+        0
+    ].use_cifar_resnet
+    with pytest.raises(SystemExit):  # argparse's choices error names the allowed presets
+        recipe.parse_args(["--output_dir=unused", "--resnet_preset=resnet18"])
+
+
 # ---- issue 13: what the protocol hands over ----
 
 

@@ -420,3 +420,29 @@ def test_image_recipe_refuses_a_corrupted_image_before_training(tmp_path, tiny_i
     _image_parquet(test, 10)
     results = recipe.main([*base, f"--output_dir={tmp_path / 'good'}"])
     assert 0.0 <= results["test_accuracy"] <= 1.0 and (tmp_path / "good" / "all_results.json").is_file()
+
+
+@needs_cifar
+def test_image_recipe_trains_its_cifar_resnet_without_a_model_path(tmp_path, load_script):
+    # issue 13: no --model_name_or_path: a CIFAR ResNet-20 built from a config (num_labels from the data) with the
+    # kind defaults (SGD, lr 0.1, cosine), a 32x32 processor with CIFAR-10's mean and std, saved with its code.
+    recipe = load_script("recipes/image_classification.py")
+    output_dir = tmp_path / "out"
+    argv = [f"--train_file={CIFAR / 'train-*.parquet'}", f"--test_file={CIFAR / 'test.parquet'}"]
+    argv += ["--max_train_samples=64", "--max_eval_samples=16", "--max_test_samples=32", "--num_train_epochs=2"]
+    argv += ["--per_device_train_batch_size=16", "--save_strategy=no", "--disable_tqdm=true", "--seed=0"]
+    results = recipe.main([*argv, f"--output_dir={output_dir}"])
+    assert 0.0 <= results["test_accuracy"] <= 1.0 and 0.01 <= results["temperature"] <= 100.0
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["model_type"] == "cifar_resnet" and config["depths"] == [3, 3, 3] and len(config["id2label"]) == 10
+    assert config["auto_map"]["AutoModelForImageClassification"].endswith("CifarResNetForImageClassification")
+    assert config["calibration_temperature_folded"] is True
+    processor = json.loads((output_dir / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"height": 32, "width": 32}
+    assert processor["image_mean"] == list(recipe.CIFAR10_MEAN) and processor["image_std"] == list(recipe.CIFAR10_STD)
+    # 64 training rows (kept after validation is carved): 4 steps of 16 per epoch, 8 in all. The log of each epoch
+    # shows the lr of its last step under the cosine from 0.1: at 0-based step k of 8, 0.1 * (1 + cos(pi k / 8)) / 2,
+    # i.e. 0.05 * (1 + cos(3 pi / 8)) = 0.069134 and 0.05 * (1 + cos(7 pi / 8)) = 0.003806.
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    logged = [entry["learning_rate"] for entry in history if "learning_rate" in entry]
+    assert logged == pytest.approx([0.05 * (1 + math.cos(3 * math.pi / 8)), 0.05 * (1 + math.cos(7 * math.pi / 8))])
