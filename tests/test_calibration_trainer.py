@@ -696,12 +696,21 @@ def test_cals_gradient_accumulation_is_exact(tmp_path):
     torch.testing.assert_close(runs[4][2], runs[8][2], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("checkpoint", ["checkpoint-4", "checkpoint-6"])
-def test_resume_restores_cals_multipliers(tmp_path, checkpoint):
+@pytest.mark.parametrize(
+    ("checkpoint", "save"),
+    [
+        ("checkpoint-4", {"save_strategy": "steps", "save_steps": 4}),
+        ("checkpoint-6", {"save_strategy": "epoch"}),
+        ("checkpoint-3", {"save_strategy": "steps", "save_steps": 3}),
+        ("checkpoint-6", {"save_strategy": "steps", "save_steps": 3}),
+    ],
+)
+def test_resume_restores_cals_multipliers(tmp_path, checkpoint, save):
     # 3 epochs of 3 steps. checkpoint-4 is inside epoch 2 (its running statistics are in the checkpoint); with
-    # save_strategy="epoch", checkpoint-6 is written after epoch 2's multiplier update.
+    # save_strategy="epoch", checkpoint-6 is written after epoch 2's multiplier update; a step checkpoint on an
+    # epoch's last step (3, 6) is written before that epoch's update, which the resumed run must apply from the
+    # statistics stored in the checkpoint.
     data = sequence_dataset(24)
-    save = {"save_strategy": "steps", "save_steps": 4} if checkpoint == "checkpoint-4" else {"save_strategy": "epoch"}
     kwargs = dict(per_device_train_batch_size=8, num_train_epochs=3, **save, **CALS)
     model = tiny_sequence_classifier()
     full = CalibrationTrainer(model=model, args=config(tmp_path / "full", **kwargs), train_dataset=data)
