@@ -14,10 +14,11 @@ NEWSGROUPS_DIR = ROOT.parent / "shared" / "data" / "20newsgroups"
 def load_script(monkeypatch):
     """`load_script("recipes/text_classification.py")`: the script imported as a module (by path, relative to the
     repository root), registered in `sys.modules` for the test's duration since dataclasses resolve string
-    annotations through it."""
+    annotations through it, with its folder on `sys.path` (its sibling modules import as when it runs)."""
 
     def load(path):
         path = ROOT / path
+        monkeypatch.syspath_prepend(str(path.parent))  # as `python path` runs it: its folder first on sys.path
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         monkeypatch.setitem(sys.modules, spec.name, module)
