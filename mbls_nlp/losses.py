@@ -954,9 +954,7 @@ class ClassAdaptiveLoss(CalibrationLoss):
         reduction: str = "mean",
     ):
         super().__init__(ignore_index=ignore_index, reduction=reduction)
-        self.margin = check_real("margin", margin)
-        if self.margin == 0:
-            raise ValueError("`margin` must be > 0 (it normalises the constraint), got 0.0.")
+        self.margin = check_real("margin", margin, strict=True)  # > 0: it normalises the constraint
         self.lambda_min = check_real("lambda_min", lambda_min)
         self.lambda_max = check_real("lambda_max", lambda_max)
         self.rho_min = check_real("rho_min", rho_min)
