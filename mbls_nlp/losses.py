@@ -717,19 +717,23 @@ class _DualFocal(torch.autograd.Function):
     def forward(ctx, z, y, gamma):
         n, c = z.shape
         rows, starts = _row_blocks(n, c)
-        logp_y, logp_j = z.new_empty(n), z.new_empty(n)
+        lse, key = z.new_empty(n), z.new_empty(n)
         j = torch.empty(n, dtype=torch.long, device=z.device)
         z_y = z.gather(1, y[:, None])
+        # z_k - (-0) = z_k + 0 is +0 for z_k = -0 as well, while -0 - (+0) would be -0 (and -1/-0 = +inf).
+        z_y_sub = torch.where(z_y == 0, -0.0, z_y)
         buf = z.new_empty(min(rows, n), c)
-        below = torch.empty(buf.shape, dtype=torch.bool, device=z.device)
         for s in starts:
-            m = min(rows, n - s)
-            zb, b, lb = z[s : s + rows], buf[:m], below[:m]
-            torch.ops.aten._log_softmax.out(zb, 1, False, out=b)
-            torch.gather(b, 1, y[s : s + rows, None], out=logp_y[s : s + rows, None])
-            torch.ge(zb, z_y[s : s + rows], out=lb)
-            b.masked_fill_(lb, -math.inf)
-            torch.max(b, 1, out=(logp_j[s : s + rows], j[s : s + rows]))
+            zb, b = z[s : s + rows], buf[: min(rows, n - s)]
+            torch.logsumexp(zb, 1, out=lse[s : s + rows])
+            # The largest logit strictly below z_y without a boolean mask (a masked fill costs more than the
+            # softmax): with d_k = z_k - z_y, -1/d_k is positive exactly for d_k < 0 and largest for the d_k
+            # closest to 0; d_k = +0 (the target and its ties) gives -inf, d_k > 0 a negative value.
+            torch.sub(zb, z_y_sub[s : s + rows], out=b)
+            b.reciprocal_().neg_()
+            torch.max(b, 1, out=(key[s : s + rows], j[s : s + rows]))
+        logp_y = z_y[:, 0] - lse
+        logp_j = torch.where(key > 0, z.gather(1, j[:, None])[:, 0] - lse, -math.inf)
         p_j = logp_j.exp()  # exp(-inf) = 0 when no class is below the target
         s_ = -torch.expm1(logp_y) + p_j  # 1 - p_y without cancellation for p_y close to 1
         w = s_**gamma

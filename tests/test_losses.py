@@ -711,6 +711,25 @@ def test_dual_focal_p_j_is_the_largest_probability_below_the_target():
     torch.testing.assert_close(out, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=0)
 
 
+def test_dual_focal_ties_and_signed_zeros_are_not_below_the_target():
+    # Logits equal to the target's (a tie, or -0 beside a +0 target) are not strictly below it: the next lower one
+    # is p_j, and a row where nothing is below has p_j = 0. Checked against the masked-maximum formula in float64.
+    z = torch.tensor(
+        [[0.0, -0.0, -1.0, 2.0], [-0.0, 0.0, -3.0, -2.0], [1.0, 1.0, 1.0, 1.0], [5.0, 5.0, -7.0, 4.0]],
+        dtype=torch.float64,
+    )
+    y = torch.tensor([0, 0, 2, 1])
+    p = z.softmax(1)
+    p_y = p.gather(1, y[:, None])
+    below = z < z.gather(1, y[:, None])
+    p_j = torch.where(below, p, 0.0).amax(1, keepdim=True)
+    assert p_j[:, 0].tolist()[:3] == [p[0, 2].item(), p[1, 3].item(), 0.0]
+    expected = (-((1 - p_y + p_j) ** 2) * p_y.log())[:, 0]
+    for dtype in (torch.float64, torch.float32):
+        out = build_loss("dfl", gamma=2.0, reduction="none")(z.to(dtype), y)
+        torch.testing.assert_close(out, expected.to(dtype), rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("name", ["acls", "dfl", "cals"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_new_losses_compute_half_precision_in_float32(name, dtype):
