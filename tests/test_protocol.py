@@ -364,6 +364,27 @@ def test_study_cnn_regime_is_the_readme_main_command(load_script):
     assert parsed_study[1].max_seq_length == parsed_readme[1].max_seq_length == 256
 
 
+def test_study_minilm_regime_parses_to_its_stated_budget(load_script):
+    # The regime the recipe would run: MiniLM fine-tuned (no text CNN), each MINILM_REGIME value reaching the
+    # recipe's dataclasses, and --num_train_epochs / --max_seq_length overriding it.
+    recipe = load_script("recipes/text_classification.py")
+    study = load_script("benchmarks/study_20ng.py")
+    args = study.parse_args(["--num_train_epochs", "3"])
+    args.encoder = "/some/minilm"
+    model_args, data_args, _, training_args = recipe.parse_args(
+        study.recipe_arguments(args, "minilm", "ce", "default", 2, "unused")
+    )[:4]
+    budget = study.MINILM_REGIME
+    assert model_args.model_name_or_path == "/some/minilm" and model_args.pretrained_embeddings is None
+    assert data_args.max_seq_length == budget["max_seq_length"] and data_args.max_train_samples == 2000
+    assert training_args.num_train_epochs == 3 and training_args.seed == 2
+    assert training_args.learning_rate == budget["learning_rate"]
+    assert training_args.lr_scheduler_type == "constant_with_warmup" and training_args.warmup_steps == 0.05
+    assert training_args.per_device_train_batch_size == 32 and training_args.weight_decay == 0.0
+    with pytest.raises(ValueError, match="`--regimes`"):
+        study.recipe_arguments(args, "bert", "ce", "default", 2, "unused")
+
+
 def test_processes_that_form_no_job_stop_with_a_clear_error(load_script, monkeypatch):
     from mbls_nlp import protocol
 
