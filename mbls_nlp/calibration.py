@@ -42,7 +42,13 @@ Uncertainty: `calibration_report(..., n_bootstrap=B)` adds percentile bootstrap 
 `<name>_high`) from `B` resamples of the examples of dim 0 (whole sequences/images with trailing dims), and
 `paired_bootstrap` the interval of a difference between two models on the same resamples. Each resample is a
 vector of counts per example; every metric follows from count-weighted sums (matrix products, cumulative sums for
-the equal-mass groups), so no Python loop runs per resample.
+the equal-mass groups), so no Python loop runs per resample. Percentile intervals of the estimators that sampling
+noise biases upwards (`cece` and `mce` always, `ece`/`aece`/`smece` of a well-calibrated model) sit above the
+estimate and can exclude it: a resample repeats examples, so its bins are noisier and the bias is added once more.
+Such an interval shows the spread; its offset from the estimate (replicates' mean minus estimate) estimates the
+bias. On the 20 Newsgroups text CNN's 7,532 test messages (benchmarks/study_20ng, MbLS seed 1): `cece` 1.24%
+[1.26, 1.42], `ece` 8.41% [7.38, 9.35]. Compare models with `paired_bootstrap` (much of the bias cancels in a
+difference) or by `dce`, whose first-order bias is removed.
 
 Numerics: probabilities are computed in the scores' dtype (float16/bfloat16 are upcast to float32), exactly like
 `torch.softmax`; bin indices are computed in float64 (exact for float32 values); every sum is accumulated in

@@ -386,7 +386,9 @@ def results_table(results: dict[str, Any]) -> str:
     The results as a Markdown table: one row per split (validation, test) before and after temperature scaling,
     columns accuracy, ECE, AECE, CECE, MCE (percent), NLL, Brier and the temperature; followed by a warning line when
     `results["calibration_meaningful"]` is `False`. A metric with a bootstrap interval in the results
-    (`<key>_low`, `<key>_high`) is printed with it, e.g. `3.49 [2.90, 4.10]`.
+    (`<key>_low`, `<key>_high`) is printed with it, e.g. `3.49 [2.90, 4.10]`; an interval that does not contain
+    its estimate is marked `*` and explained under the table (an estimator biased upwards by sampling noise, whose
+    resamples are biased once more: see `mbls_nlp.calibration`).
 
     Args:
         results (`dict`): the `all_results.json` of [`train_calibrate_and_test`].
@@ -396,6 +398,7 @@ def results_table(results: dict[str, Any]) -> str:
     """
     header = ["split", *(f"{title} (%)" if pct else title for _, title, pct in TABLE_METRICS), "T"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    outside = []
     for split in ("validation", "test"):
         for scaled in (False, True):
             prefix = f"{split}_ts_" if scaled else f"{split}_"
@@ -407,9 +410,20 @@ def results_table(results: dict[str, Any]) -> str:
                 cell = "" if value is None else _value(value, pct)
                 if value is not None and low is not None and high is not None:
                     cell += f" [{_value(low, pct)}, {_value(high, pct)}]"
+                    if not low <= value <= high:
+                        cell += "*"
+                        outside.append(name)
                 cells.append(cell)
             cells.append(f"{results['temperature']:.4f}" if scaled and "temperature" in results else "1")
             lines.append("| " + " | ".join(cells) + " |")
+    if outside:
+        names = ", ".join(dict.fromkeys(outside))
+        lines += [
+            "",
+            f"\\* The interval does not contain the estimate ({names}): the estimator is biased upwards by sampling "
+            "noise at this size, and the bootstrap resamples (which repeat examples) are biased once more, so the "
+            "percentile interval shows the spread, shifted by about the bias; the debiased `dce` is not affected.",
+        ]
     if results.get("calibration_meaningful") is False:
         lines += ["", f"**Calibration metrics not meaningful**: {results.get('calibration_warning', '')}."]
     return "\n".join(lines) + "\n"

@@ -459,12 +459,28 @@ def test_protocol_test_report_carries_bootstrap_intervals_and_the_table_prints_t
     # results.md: "value [low, high]" on the test rows, plain numbers on the validation rows.
     table = (tmp_path / "results.md").read_text()
     assert table == results_table(results)
-    rows = {line.split(" | ")[0].lstrip("| "): line.strip("| ").split(" | ") for line in table.splitlines()[2:]}
+    body = [line for line in table.splitlines()[2:] if line.startswith("| ")]
+    rows = {line.split(" | ")[0].lstrip("| "): line.strip("| ").split(" | ") for line in body}
     for (name, _, pct), cell in zip(TABLE_METRICS, rows["test, before TS"][1:]):
         scale, digits = (100, 2) if pct else (1, 4)
         low, value, high = (scale * results[f"test_{name}{end}"] for end in ("_low", "", "_high"))
-        assert cell == f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+        mark = "" if low <= value <= high else "*"
+        assert cell == f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]{mark}"
     assert rows["validation, before TS"][2] == f"{100 * results['validation_ece']:.2f}"
+
+
+def test_results_table_marks_an_interval_that_excludes_its_estimate():
+    from mbls_nlp.protocol import results_table
+
+    results = {"test_accuracy": 0.6, "test_accuracy_low": 0.58, "test_accuracy_high": 0.62, "temperature": 1.5}
+    results.update(test_ece=0.05, test_ece_low=0.04, test_ece_high=0.06)
+    results.update(test_cece=0.0124, test_cece_low=0.0126, test_cece_high=0.0142)  # all resamples above: biased
+    table = results_table(results)
+    row = next(line for line in table.splitlines() if line.startswith("| test, before TS"))
+    assert "1.24 [1.26, 1.42]*" in row and "5.00 [4.00, 6.00] |" in row and "60.00 [58.00, 62.00] |" in row
+    assert "\\* The interval does not contain the estimate (cece)" in table
+    results.update(test_cece_low=0.011)
+    assert "*" not in results_table(results)
 
 
 def test_trainer_reports_intervals_on_request_and_the_protocol_checks_its_own(tmp_path):
