@@ -111,6 +111,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs_dir", default="runs/study_20ng", help="Run folders (models, logs); not committed.")
     parser.add_argument("--results_dir", default=str(DEFAULT_RESULTS), help="Small per-run result files (committed).")
     parser.add_argument("--launcher", default=sys.executable, help="Command that runs the recipe.")
+    parser.add_argument(
+        "--recipe_arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="One more recipe argument for every run, e.g. --recipe_arg=--bf16=true (repeatable). Given after the "
+        "regime's arguments, so it overrides them (--recipe_arg=--max_train_samples=300); kept in each result file.",
+    )
+    parser.add_argument(
+        "--deadline_s",
+        type=float,
+        default=None,
+        help="Wall-clock seconds from this command's start: a run is not started when the longest finished run of "
+        "its regime in --results_dir would not end before the deadline, and a run still going at the deadline is "
+        "stopped (no result file: it runs again next time). Default: no deadline.",
+    )
     parser.add_argument("--dry_run", action="store_true", help="Print the recipe commands that would run, then stop.")
     parser.add_argument(
         "--report",
@@ -168,7 +184,14 @@ def recipe_arguments(args: argparse.Namespace, regime: str, loss: str, setting: 
     raise ValueError(f"`--regimes` takes names from {REGIMES}, got {regime!r}.")
 
 
-def run_one(args, regime: str, loss: str, setting: str, seed: int) -> Path | None:
+def longest_run_s(results_dir: Path) -> float | None:
+    """The longest wall time of the finished runs in `results_dir` (one regime's folder); None when there are none."""
+    times = [json.loads(path.read_text())["wall_time_s"] for path in results_dir.glob("*.json")]
+    return max(times, default=None)
+
+
+def run_one(args, regime: str, loss: str, setting: str, seed: int, deadline: float | None = None) -> Path | None:
+    """Run one recipe call unless its result file exists; `deadline`: a `time.monotonic()` time (--deadline_s)."""
     name = f"{loss}-{setting}-seed{seed}"
     results_dir = Path(args.results_dir) / regime
     result_file = results_dir / f"{name}.json"
@@ -176,8 +199,15 @@ def run_one(args, regime: str, loss: str, setting: str, seed: int) -> Path | Non
         print(f"[skip] {regime}/{name}: {result_file} exists")
         return None
     output_dir = Path(args.runs_dir) / regime / name
-    recipe = recipe_arguments(args, regime, loss, setting, seed, output_dir)
+    recipe = recipe_arguments(args, regime, loss, setting, seed, output_dir) + list(args.recipe_arg)
     command = [*shlex.split(args.launcher), str(ROOT / "recipes" / "text_classification.py"), *recipe]
+    timeout = None
+    if deadline is not None:
+        timeout = deadline - time.monotonic()
+        estimate = longest_run_s(results_dir)
+        if timeout <= 0 or (estimate is not None and estimate > timeout):
+            print(f"[deadline] {regime}/{name} not started: {max(timeout, 0):.0f} s left, runs take {estimate} s")
+            return None
     if args.dry_run:
         print(shlex.join(command))
         return None
@@ -185,7 +215,15 @@ def run_one(args, regime: str, loss: str, setting: str, seed: int) -> Path | Non
     print(f"[run] {regime}/{name}", flush=True)
     start = time.perf_counter()
     with open(output_dir / "run.log", "w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            print(f"[deadline] {regime}/{name} stopped after {time.perf_counter() - start:.0f} s", flush=True)
+            return None
+        except subprocess.CalledProcessError:
+            # The log is in the run folder, which a remote machine does not send back: show its end here.
+            print("".join((output_dir / "run.log").read_text().splitlines(keepends=True)[-40:]), file=sys.stderr)
+            raise
     wall = time.perf_counter() - start
     metrics = json.loads((output_dir / "all_results.json").read_text())
     state = json.loads((output_dir / "trainer_state.json").read_text())
@@ -415,13 +453,16 @@ def main(argv: list[str] | None = None) -> None:
     if set(settings) - {"default", "tuned"}:
         raise ValueError(f"`--settings` takes 'default' and/or 'tuned', got {settings}.")
     seeds = [int(seed) for seed in args.seeds.split(",")]
+    if args.deadline_s is not None and args.deadline_s <= 0:
+        raise ValueError(f"`--deadline_s` must be a positive number of seconds, got {args.deadline_s}.")
+    deadline = None if args.deadline_s is None else time.monotonic() + args.deadline_s
     # Seed-major order: the first seed of every loss finishes before any loss's second seed, so a partial study is a
     # complete one-seed comparison.
     for regime in args.regimes.split(","):
         for seed in seeds:
             for setting in settings:
                 for loss in losses:
-                    run_one(args, regime, loss, setting, seed)
+                    run_one(args, regime, loss, setting, seed, deadline)
 
 
 if __name__ == "__main__":
