@@ -58,8 +58,9 @@ if [[ $MODE == rehearse ]]; then
     OUT="$WORK/out"
     RESULTS="$WORK/study_20ng_gpu"
     BUDGET_S=$((BUDGET_S < 170 ? BUDGET_S : 170))
-    # A virtual environment over this machine's packages, so that installing leaves the shared environment alone.
-    python3 -m venv --system-site-packages "$WORK/venv"
+    # A virtual environment over this machine's packages, so that installing leaves the shared environment alone;
+    # without a pip of its own, whose old bundled setuptools would hide this machine's (no bdist_wheel: no -e .).
+    python3 -m venv --system-site-packages --without-pip "$WORK/venv"
     PYTHON="$WORK/venv/bin/python"
     # One loss, one seed, a few hundred short messages, one epoch: proves the install and the command lines.
     LEAD_LOSSES=ce LEAD_SEEDS=1 OTHER_SEEDS="" ALL_LOSSES="" ALL_SEEDS=""
@@ -81,6 +82,7 @@ mkdir -p "$WORK" "$OUT" "$RESULTS"
 exec > >(tee "$OUT/gpu_study_20ng.log") 2>&1
 
 pack() {
+    local status=$?
     # Small files only (per-run JSON and float16 test logits; run logs): no checkpoints. The device tool returns at
     # most 8 files, so each folder travels as one archive: tar -xzf study_20ng_gpu.tar.gz -C benchmarks/
     tar -czf "$OUT/study_20ng_gpu.tar.gz" -C "$(dirname "$RESULTS")" --exclude='*.png' "$(basename "$RESULTS")"
@@ -88,7 +90,7 @@ pack() {
         (cd "$WORK/runs" && find . -name run.log -print0 | tar -czf "$OUT/run_logs.tar.gz" --null -T -)
     fi
     ls -la "$OUT"
-    echo "[gpu_study_20ng] $MODE finished after $((SECONDS - START)) s; results in $OUT"
+    echo "[gpu_study_20ng] $MODE ended with status $status after $((SECONDS - START)) s; results in $OUT"
 }
 trap pack EXIT
 

@@ -35,6 +35,32 @@ The study of the CPU session, then its tables (`--report` trains nothing; it wri
     python benchmarks/study_20ng.py --report
 
 The full protocol (1,000 tokens, every loss) on an accelerator: `--max_seq_length 1000 --losses all`.
+
+On a GPU (issue 17, item 5; no GPU has been lent to this project's sessions so far, so none of this has run on one):
+`benchmarks/gpu_study_20ng.sh` runs the study on the device tool's machine in one call. Here, once:
+`bash benchmarks/gpu_study_20ng.sh --prepare-wheels` (fills the git-ignored `gpu_carry/`, about 51 MiB: wheels of
+datasets and evaluate, the data and MiniLM in float16, see benchmarks/gpu_carry.py), and
+`nice -n 19 bash benchmarks/gpu_study_20ng.sh --rehearse` (the same install and commands on this CPU, a tiny budget,
+a temporary folder). Then the device tool's `run` with `command="bash benchmarks/gpu_study_20ng.sh"`,
+`carry=["gpu_carry"]`, `timeout_s=600`. It installs the wheels and `pip install --no-deps -e .`, runs the `cnn` regime
+at the paper's 1,000 tokens (10 epochs) and the `minilm` regime at 256 tokens (20 epochs on the seeded 2,000
+messages), into `benchmarks/study_20ng_gpu/` (apart from the CPU tables), and stops starting runs before
+`--budget_s` (default 540 s, the install counted), in this order: CE and MbLS seed 1 in both regimes, their seeds 2-3,
+then every other loss. What finished comes back as `$OUT/study_20ng_gpu.tar.gz` (unpack with
+`tar -xzf study_20ng_gpu.tar.gz -C benchmarks/`, commit, then `--report --results_dir benchmarks/study_20ng_gpu`),
+with `run_logs.tar.gz` and the script's log; no checkpoints. Committed GPU results travel with the tree and are
+skipped, so a later session's call continues the study.
+
+Estimated GPU time per run (an estimate from FLOP counts and the CPU runs above, not a measurement): the text CNN's
+compute is ~2.5 MFLOP per token per training pass, 0.3 PFLOP for 10 epochs at 1,000 tokens, seconds on an H200, so a
+`cnn` run is its fixed costs (starting Python and transformers, reading, cleaning and tokenizing 18,846 messages,
+evaluating every epoch): about 1-2 minutes. A `minilm` run trains ~10M tokens (2,000 messages x 256 tokens x 20
+epochs, ~70 MFLOP per token forward and backward: ~0.7 PFLOP in float32) plus the evaluations: about 1.5-3 minutes.
+What fits in 15 minutes of device time: one call (a machine's start takes a minute or more, the call at most 10
+minutes; what is left is under the 4 minutes needed to start another machine), i.e. about 4-8 runs: CE and MbLS seed 1
+in both regimes, perhaps their seed 2. The whole default-setting study (11 losses x 3 seeds x 2 regimes = 66 runs,
+the `tuned` setting several times that) needs on the order of ten such sessions; the first call's `wall_time_s` per
+run replaces these estimates.
 """
 
 from __future__ import annotations
