@@ -35,6 +35,32 @@ The study of the CPU session, then its tables (`--report` trains nothing; it wri
     python benchmarks/study_20ng.py --report
 
 The full protocol (1,000 tokens, every loss) on an accelerator: `--max_seq_length 1000 --losses all`.
+
+On a GPU (issue 17, item 5; no GPU has been lent to this project's sessions so far, so none of this has run on one):
+`benchmarks/gpu_study_20ng.sh` runs the study on the device tool's machine in one call. Here, once:
+`bash benchmarks/gpu_study_20ng.sh --prepare-wheels` (fills the git-ignored `gpu_carry/`, about 51 MiB: wheels of
+datasets and evaluate, the data and MiniLM in float16, see benchmarks/gpu_carry.py), and
+`nice -n 19 bash benchmarks/gpu_study_20ng.sh --rehearse` (the same install and commands on this CPU, a tiny budget,
+a temporary folder). Then the device tool's `run` with `command="bash benchmarks/gpu_study_20ng.sh"`,
+`carry=["gpu_carry"]`, `timeout_s=600`. It installs the wheels and `pip install --no-deps -e .`, runs the `cnn` regime
+at the paper's 1,000 tokens (10 epochs) and the `minilm` regime at 256 tokens (20 epochs on the seeded 2,000
+messages), into `benchmarks/study_20ng_gpu/` (apart from the CPU tables), and stops starting runs before
+`--budget_s` (default 540 s, the install counted), in this order: CE and MbLS seed 1 in both regimes, their seeds 2-3,
+then every other loss. What finished comes back as `$OUT/study_20ng_gpu.tar.gz` (unpack with
+`tar -xzf study_20ng_gpu.tar.gz -C benchmarks/`, commit, then `--report --results_dir benchmarks/study_20ng_gpu`),
+with `run_logs.tar.gz` and the script's log; no checkpoints. Committed GPU results travel with the tree and are
+skipped, so a later session's call continues the study.
+
+Estimated GPU time per run (an estimate from FLOP counts and the CPU runs above, not a measurement): the text CNN's
+compute is ~2.5 MFLOP per token per training pass, 0.3 PFLOP for 10 epochs at 1,000 tokens, seconds on an H200, so a
+`cnn` run is its fixed costs (starting Python and transformers, reading, cleaning and tokenizing 18,846 messages,
+evaluating every epoch): about 1-2 minutes. A `minilm` run trains ~10M tokens (2,000 messages x 256 tokens x 20
+epochs, ~70 MFLOP per token forward and backward: ~0.7 PFLOP in float32) plus the evaluations: about 1.5-3 minutes.
+What fits in 15 minutes of device time: one call (a machine's start takes a minute or more, the call at most 10
+minutes; what is left is under the 4 minutes needed to start another machine), i.e. about 4-8 runs: CE and MbLS seed 1
+in both regimes, perhaps their seed 2. The whole default-setting study (11 losses x 3 seeds x 2 regimes = 66 runs,
+the `tuned` setting several times that) needs on the order of ten such sessions; the first call's `wall_time_s` per
+run replaces these estimates.
 """
 
 from __future__ import annotations
@@ -111,6 +137,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs_dir", default="runs/study_20ng", help="Run folders (models, logs); not committed.")
     parser.add_argument("--results_dir", default=str(DEFAULT_RESULTS), help="Small per-run result files (committed).")
     parser.add_argument("--launcher", default=sys.executable, help="Command that runs the recipe.")
+    parser.add_argument(
+        "--recipe_arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="One more recipe argument for every run, e.g. --recipe_arg=--bf16=true (repeatable). Given after the "
+        "regime's arguments, so it overrides them (--recipe_arg=--max_train_samples=300); kept in each result file.",
+    )
+    parser.add_argument(
+        "--deadline_s",
+        type=float,
+        default=None,
+        help="Wall-clock seconds from this command's start: a run is not started when the longest finished run of "
+        "its regime in --results_dir would not end before the deadline, and a run still going at the deadline is "
+        "stopped (no result file: it runs again next time). Default: no deadline.",
+    )
     parser.add_argument("--dry_run", action="store_true", help="Print the recipe commands that would run, then stop.")
     parser.add_argument(
         "--report",
@@ -168,7 +210,14 @@ def recipe_arguments(args: argparse.Namespace, regime: str, loss: str, setting: 
     raise ValueError(f"`--regimes` takes names from {REGIMES}, got {regime!r}.")
 
 
-def run_one(args, regime: str, loss: str, setting: str, seed: int) -> Path | None:
+def longest_run_s(results_dir: Path) -> float | None:
+    """The longest wall time of the finished runs in `results_dir` (one regime's folder); None when there are none."""
+    times = [json.loads(path.read_text())["wall_time_s"] for path in results_dir.glob("*.json")]
+    return max(times, default=None)
+
+
+def run_one(args, regime: str, loss: str, setting: str, seed: int, deadline: float | None = None) -> Path | None:
+    """Run one recipe call unless its result file exists; `deadline`: a `time.monotonic()` time (--deadline_s)."""
     name = f"{loss}-{setting}-seed{seed}"
     results_dir = Path(args.results_dir) / regime
     result_file = results_dir / f"{name}.json"
@@ -176,8 +225,15 @@ def run_one(args, regime: str, loss: str, setting: str, seed: int) -> Path | Non
         print(f"[skip] {regime}/{name}: {result_file} exists")
         return None
     output_dir = Path(args.runs_dir) / regime / name
-    recipe = recipe_arguments(args, regime, loss, setting, seed, output_dir)
+    recipe = recipe_arguments(args, regime, loss, setting, seed, output_dir) + list(args.recipe_arg)
     command = [*shlex.split(args.launcher), str(ROOT / "recipes" / "text_classification.py"), *recipe]
+    timeout = None
+    if deadline is not None:
+        timeout = deadline - time.monotonic()
+        estimate = longest_run_s(results_dir)
+        if timeout <= 0 or (estimate is not None and estimate > timeout):
+            print(f"[deadline] {regime}/{name} not started: {max(timeout, 0):.0f} s left, runs take {estimate} s")
+            return None
     if args.dry_run:
         print(shlex.join(command))
         return None
@@ -185,7 +241,15 @@ def run_one(args, regime: str, loss: str, setting: str, seed: int) -> Path | Non
     print(f"[run] {regime}/{name}", flush=True)
     start = time.perf_counter()
     with open(output_dir / "run.log", "w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            print(f"[deadline] {regime}/{name} stopped after {time.perf_counter() - start:.0f} s", flush=True)
+            return None
+        except subprocess.CalledProcessError:
+            # The log is in the run folder, which a remote machine does not send back: show its end here.
+            print("".join((output_dir / "run.log").read_text().splitlines(keepends=True)[-40:]), file=sys.stderr)
+            raise
     wall = time.perf_counter() - start
     metrics = json.loads((output_dir / "all_results.json").read_text())
     state = json.loads((output_dir / "trainer_state.json").read_text())
@@ -415,13 +479,16 @@ def main(argv: list[str] | None = None) -> None:
     if set(settings) - {"default", "tuned"}:
         raise ValueError(f"`--settings` takes 'default' and/or 'tuned', got {settings}.")
     seeds = [int(seed) for seed in args.seeds.split(",")]
+    if args.deadline_s is not None and args.deadline_s <= 0:
+        raise ValueError(f"`--deadline_s` must be a positive number of seconds, got {args.deadline_s}.")
+    deadline = None if args.deadline_s is None else time.monotonic() + args.deadline_s
     # Seed-major order: the first seed of every loss finishes before any loss's second seed, so a partial study is a
     # complete one-seed comparison.
     for regime in args.regimes.split(","):
         for seed in seeds:
             for setting in settings:
                 for loss in losses:
-                    run_one(args, regime, loss, setting, seed)
+                    run_one(args, regime, loss, setting, seed, deadline)
 
 
 if __name__ == "__main__":

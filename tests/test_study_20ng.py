@@ -1,6 +1,9 @@
 """benchmarks/study_20ng.py: finished runs are skipped; the report is recomputed from the stored logits."""
 
+import gzip
 import json
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -66,3 +69,73 @@ def test_finished_runs_are_skipped(tmp_path, load_script, capsys):
     assert "[skip] cnn/ce-default-seed1" in capsys.readouterr().out
     with pytest.raises(ValueError, match="`--losses`"):
         study.main(["--losses", "hinge", "--results_dir", str(tmp_path), "--encoder", "enc"])
+
+
+def test_recipe_arg_comes_last_and_deadline_skips_runs_that_cannot_finish(tmp_path, load_script, capsys):
+    study = load_script("benchmarks/study_20ng.py")
+    logits, labels = _logits(0)
+    _write_run(tmp_path / "cnn", "ce", 1, logits, labels, temperature=2.0)  # wall_time_s 60: the regime's estimate
+    common = ["--seeds", "1", "--results_dir", str(tmp_path), "--encoder", "enc", "--dry_run"]
+    study.main(["--losses", "ce,mbls", "--deadline_s", "30", *common])
+    out = capsys.readouterr().out
+    # 30 s left < the 60 s run already measured: mbls is not started, and no command is printed for it
+    assert "[deadline] cnn/mbls-default-seed1 not started" in out and "--loss_type=mbls" not in out
+    study.main(["--losses", "mbls", "--deadline_s", "120", "--recipe_arg=--max_train_samples=300", *common])
+    command = capsys.readouterr().out.split()
+    # after the regime's arguments, so that argparse's last-one-wins makes it override them
+    assert command[-1] == "--max_train_samples=300" and "--loss_type=mbls" in command
+    with pytest.raises(ValueError, match="`--deadline_s`"):
+        study.main(["--losses", "ce", "--deadline_s", "0", *common])
+
+
+def test_a_run_still_going_at_the_deadline_is_stopped_without_a_result(tmp_path, load_script, capsys):
+    study = load_script("benchmarks/study_20ng.py")
+    # a "recipe" that never finishes in time: python sleeping, the recipe path and arguments left in sys.argv
+    launcher = f"{sys.executable} -c 'import time; time.sleep(60)'"
+    args = ["--losses", "ce,mbls", "--seeds", "1", "--results_dir", str(tmp_path / "results"), "--encoder", "enc"]
+    start = time.monotonic()
+    study.main([*args, "--runs_dir", str(tmp_path / "runs"), "--launcher", launcher, "--deadline_s", "2"])
+    out = capsys.readouterr().out
+    assert time.monotonic() - start < 30
+    assert "[deadline] cnn/ce-default-seed1 stopped" in out and "[deadline] cnn/mbls-default-seed1 not started" in out
+    assert not list((tmp_path / "results").glob("**/*.json"))  # not marked finished: the next sitting runs it again
+
+
+def test_gpu_carry_round_trip(tmp_path, load_script):
+    carry_module = load_script("benchmarks/gpu_carry.py")
+    from safetensors.torch import load_file, save_file
+
+    data, model = tmp_path / "data", tmp_path / "model"
+    data.mkdir()
+    model.mkdir()
+    lines = {
+        split: "".join(f'{{"text": "{split} message {i}", "label": {i % 3}}}\n' for i in range(50))
+        for split in ("train", "test")
+    }
+    for split, text in lines.items():
+        with gzip.open(data / f"{split}.jsonl.gz", "wt") as f:
+            f.write(text)
+    for name in carry_module.MODEL_FILES:
+        (model / name).write_text(f"{name} contents")
+    generator = torch.Generator().manual_seed(0)
+    weights = {
+        "dense.weight": torch.randn(64, 32, generator=generator) * 0.05,
+        "position_ids": torch.arange(512).unsqueeze(0),  # an integer buffer: carried as it is
+    }
+    save_file(weights, model / "model.safetensors")
+    error = carry_module.pack(data, model, tmp_path / "carry")
+    # float16 keeps 11 significant bits: round-to-nearest errs by at most 2^-11 of the value, so at most 2^-11 of
+    # the tensor's largest weight (normal-range values; 2^-25 absolute below 6.1e-5, far below that here)
+    assert 0 < error <= 2**-11
+    carry_module.unpack(tmp_path / "carry", tmp_path / "work")
+    for split, text in lines.items():
+        assert gzip.open(tmp_path / "work" / "data" / f"{split}.jsonl.gz", "rt").read() == text
+    back = load_file(tmp_path / "work" / "minilm" / "model.safetensors")
+    assert back["dense.weight"].dtype == torch.float32
+    expected = weights["dense.weight"].half().float()  # exactly the float16 rounding, widened
+    assert torch.equal(back["dense.weight"], expected)
+    assert torch.equal(back["position_ids"], weights["position_ids"])
+    assert (tmp_path / "work" / "minilm" / "vocab.txt").read_text() == "vocab.txt contents"
+    save_file({"big": torch.tensor([1e5, 1.0])}, model / "model.safetensors")  # 1e5 > float16's maximum, 65504
+    with pytest.raises(ValueError, match="`model_dir`.*float16"):
+        carry_module.pack(data, model, tmp_path / "carry2")
