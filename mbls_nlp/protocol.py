@@ -420,9 +420,9 @@ def results_table(results: dict[str, Any]) -> str:
         names = ", ".join(dict.fromkeys(outside))
         lines += [
             "",
-            f"\\* The interval does not contain the estimate ({names}): the estimator is biased upwards by sampling "
-            "noise at this size, and the bootstrap resamples (which repeat examples) are biased once more, so the "
-            "percentile interval shows the spread, shifted by about the bias; the debiased `dce` is not affected.",
+            f"\\* The interval does not contain the estimate ({names}): typically an estimator biased upwards by "
+            "sampling noise at this size, whose bootstrap resamples (which repeat examples) are biased once more, so "
+            "the percentile interval shows the spread, shifted by about the bias (see `mbls_nlp.calibration`).",
         ]
     if results.get("calibration_meaningful") is False:
         lines += ["", f"**Calibration metrics not meaningful**: {results.get('calibration_warning', '')}."]
