@@ -9,7 +9,7 @@ from transformers import TrainingArguments
 
 from ._checks import MAX_N_BINS, check_n_bins
 from .calibration import _check_bootstrap
-from .losses import ALPHA_SCHEDULES, LOSS_NAMES, LOSS_REGISTRY, build_loss
+from .losses import ALPHA_SCHEDULES, CALS_MULTIPLIER_SOURCES, LOSS_NAMES, LOSS_REGISTRY, build_loss
 from .temperature import FIT_METHODS as TEMPERATURE_METHODS
 
 __all__ = ["CalibrationConfig"]
@@ -81,6 +81,10 @@ class CalibrationConfig(TrainingArguments):
             CALS growth factor of `rho`.
         cals_tao (`float`, *optional*, defaults to `0.9`):
             CALS: `rho` grows for the classes whose mean constraint is above `tao` times the previous epoch's.
+        cals_multipliers_from (`str`, *optional*, defaults to `"validation"`):
+            CALS: the end-of-epoch multiplier update reads the statistics of the evaluation that follows the epoch
+            (`"validation"`, the reference's rule; needs `eval_strategy="epoch"`, else the training ones are used) or
+            of the epoch's training batches (`"train"`).
         loss_ignore_index (`int`, *optional*, defaults to `-100`):
             Label value excluded from the loss and the calibration metrics (255 for PASCAL VOC).
         calibration_metrics (`bool`, *optional*, defaults to `True`):
@@ -209,6 +213,15 @@ class CalibrationConfig(TrainingArguments):
     cals_tao: float = field(
         default=_loss_default("cals", "cals_tao"),
         metadata={"help": "CALS: rho grows where the mean constraint is above tao times the previous one."},
+    )
+    cals_multipliers_from: str = field(
+        default=_loss_default("cals", "cals_multipliers_from"),
+        metadata={
+            "help": "CALS: update the multipliers at each epoch end from the evaluation that follows it "
+            "('validation', the reference's rule; training batches when no evaluation follows) or from the epoch's "
+            "training batches ('train').",
+            "choices": CALS_MULTIPLIER_SOURCES,
+        },
     )
     loss_ignore_index: int = field(
         default=-100, metadata={"help": "Label value excluded from the loss and the metrics (255 for PASCAL VOC)."}

@@ -43,8 +43,8 @@ class _TrainingStateCallback(TrainerCallback):
     def on_epoch_end(self, args, state, control, **kwargs):
         # The epoch that just ended is epoch ceil(state.epoch) - 1 (0-based); state.epoch is a whole number after a
         # full epoch and fractional after one cut short by max_steps. DefaultFlowCallback (called before this one) has
-        # decided whether an evaluation follows right now; if so a CALS multiplier update waits for it, so that the
-        # rho update can use its validation statistics.
+        # decided whether an evaluation follows right now; if so a CALS multiplier update waits for it, so that it
+        # can use its validation statistics.
         self.trainer._advance_epochs(math.ceil(state.epoch), defer_last=bool(control.should_evaluate))
 
     def on_evaluate(self, args, state, control, **kwargs):
@@ -70,10 +70,11 @@ class CalibrationTrainer(Trainer):
       [`~CalibrationTrainer.fit_temperature`] also the same metrics on temperature-scaled logits as `ts_*`. With
       `args.calibration_n_bootstrap > 0`, each with its percentile bootstrap interval (`<name>_low`, `<name>_high`
       at `args.calibration_confidence`, seeded by `args.seed`).
-    - CALS (`loss_type="cals"`): the per-class multipliers are updated at each epoch end from the statistics of the
-      epoch's training batches summed over all processes, and `rho` from the mean constraint of the evaluation that
-      follows the epoch end (`eval_strategy="epoch"`; its first evaluation set), or of the training batches when no
-      evaluation follows. Each update logs `cals_lambda_mean`, `cals_lambda_max`, `cals_rho`, `cals_rho_max`.
+    - CALS (`loss_type="cals"`): the per-class multipliers and `rho` are updated at each epoch end from the
+      statistics, summed over all processes, of the evaluation that follows the epoch end (`eval_strategy="epoch"`;
+      its first evaluation set), as the reference does, or of the epoch's training batches when no evaluation
+      follows or `args.cals_multipliers_from="train"`. Each update logs `cals_lambda_mean`, `cals_lambda_max`,
+      `cals_rho`, `cals_rho_max`.
     - The loss state (alpha schedule, CALS multipliers and the running statistics of the current epoch, summed over
       processes) is saved in checkpoints (`calibration_loss.pt`, written before
       `trainer_state.json`) and restored by `resume_from_checkpoint`, so that a resumed run continues exactly as

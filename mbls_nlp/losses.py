@@ -69,6 +69,8 @@ __all__ = [
 _REDUCTIONS = ("mean", "sum", "none")
 #: Values of `MarginLoss(schedule=...)` (and of `CalibrationConfig.alpha_schedule`).
 ALPHA_SCHEDULES: tuple[str, ...] = ("", "add", "multiply", "step")
+#: Values of `ClassAdaptiveLoss(multipliers_from=...)` (and of `CalibrationConfig.cals_multipliers_from`).
+CALS_MULTIPLIER_SOURCES: tuple[str, ...] = ("validation", "train")
 # Row blocks of about this many elements (8 MiB of float32, within L3): the fused MbLS kernel's elementwise passes hit
 # the cache, and larger blocks mean fewer parallel regions to stall on a loaded CPU. Measured block sizes:
 # benchmarks/RESULTS.md, "Target: MbLS <= 1.5x cross-entropy".
@@ -894,12 +896,15 @@ class ClassAdaptiveLoss(CalibrationLoss):
     `P = (relu(lambda + rho h)^2 - lambda^2) / (2 rho)` (for `rho = 0` its limit `lambda h`). Parts: `("ce",
     "penalty")`, weights `(1, 1)`. The multipliers `lambda` (`(C,)`, starting at `lambda_min`) and penalty parameters
     `rho` (`(C,)`, starting at `rho_min`) are fixed during an epoch and updated at its end by
-    [`~ClassAdaptiveLoss.update_multipliers`] from statistics the forward passes accumulate:
+    [`~ClassAdaptiveLoss.update_multipliers`] from statistics that forward passes accumulate:
 
     - `lambda_k <- clamp(mean_i clamp(relu(lambda_k + rho_k h_ik), lambda_min, lambda_max), lambda_min, lambda_max)`,
-      the mean penalty gradient `dP / dh` over the epoch's positions;
+      the mean penalty gradient `dP / dh` over the positions of the validation pass that follows the epoch
+      (`multipliers_from="validation"`, the reference's rule) or of the epoch's training batches
+      (`multipliers_from="train"`, or when no validation statistics are given);
     - every `rho_step` epochs, `rho_k <- clamp(rho_gamma * rho_k, rho_min, rho_max)` for the classes whose mean
-      constraint `mean_i h_ik` did not drop below `tao * max(previous mean, 0)` (the previous epoch's).
+      constraint `mean_i h_ik` (over the same positions) did not drop below `tao * max(previous mean, 0)` (the
+      previous epoch's).
 
     Forward passes in training mode (`loss.train()`, the default) add their statistics to running sums (kept in the
     `state_dict`, so a mid-epoch checkpoint keeps them); every forward also leaves its own in `last_statistics`.
@@ -911,11 +916,10 @@ class ClassAdaptiveLoss(CalibrationLoss):
     (`margin: 20, penalty: phr, lambd_min: 1e-6, lambd_max: 1e6, lambd_step: 1, rho: 1, rho_step: 10, gamma: 1.2,
     tao: 0.9, normalize: True`,
     `rho_max` 10 from the class). The reference estimates both updates on the validation set, in its per-epoch
-    validation pass; here `lambda` comes from the training epoch's forward passes (always available, exact under
-    gradient accumulation) and the constraint of the `rho` update from validation statistics when they are given
-    (`CalibrationTrainer`: the evaluation at the epoch's end, if there is one), else from the training ones. Like the
-    reference, the loss is the mean over positions and classes, the multiplier update's statistics use the
-    multipliers of the epoch, and the max is not detached; ignored positions are excluded everywhere.
+    validation pass (`update_lambd` in `eval_epoch`), which is the default here; `CalibrationTrainer` passes the
+    statistics of the evaluation at the epoch's end (`eval_strategy="epoch"`) and falls back to the training ones
+    when none follows. Like the reference, the loss is the mean over positions and classes, the update's statistics
+    use the multipliers of the epoch, and the max is not detached; ignored positions are excluded everywhere.
 
     Args:
         margin (`float`, *optional*, defaults to `20.0`): margin on the logit distances, `> 0` (it also normalises
@@ -927,6 +931,9 @@ class ClassAdaptiveLoss(CalibrationLoss):
         rho_step (`int`, *optional*, defaults to `10`): epochs between `rho` updates; `0` keeps `rho` fixed.
         rho_gamma (`float`, *optional*, defaults to `1.2`): growth factor of `rho`, `>= 1`.
         tao (`float`, *optional*, defaults to `0.9`): required improvement ratio of the mean constraint, `>= 0`.
+        multipliers_from (`str`, *optional*, defaults to `"validation"`): whose statistics the end-of-epoch update
+            reads when both are at hand: `"validation"` (the validation pass's, as the reference) or `"train"` (the
+            epoch's training batches', the network's own fit of them).
         ignore_index, reduction: see [`CalibrationLoss`].
 
     Examples:
@@ -953,6 +960,7 @@ class ClassAdaptiveLoss(CalibrationLoss):
         rho_step: int = 10,
         rho_gamma: float = 1.2,
         tao: float = 0.9,
+        multipliers_from: str = "validation",
         *,
         ignore_index: int = -100,
         reduction: str = "mean",
@@ -973,6 +981,7 @@ class ClassAdaptiveLoss(CalibrationLoss):
         if self.rho_gamma < 1:
             raise ValueError(f"`rho_gamma` must be >= 1, got {self.rho_gamma}.")
         self.tao = check_real("tao", tao)
+        self.multipliers_from = check_choice("multipliers_from", multipliers_from, CALS_MULTIPLIER_SOURCES)
         # (C,) tensors, created at the first forward (or by load_state_dict) once the number of classes is known.
         self.lambd: torch.Tensor | None = None
         self.rho: torch.Tensor | None = None
@@ -1061,19 +1070,23 @@ class ClassAdaptiveLoss(CalibrationLoss):
             statistics (`Mapping[str, torch.Tensor]`, *optional*): the epoch's sums `count`, `multiplier`,
                 `constraint` (the `epoch_statistics` of every process, summed); defaults to this process's
                 `epoch_statistics`.
-            validation (`Mapping[str, torch.Tensor]`, *optional*): the same sums over a validation pass (forwards
-                in eval mode, `last_statistics` summed); its mean constraint then drives the `rho` update.
+            validation (`Mapping[str, torch.Tensor]`, *optional*): the same sums over the validation pass that
+                follows the epoch (forwards in eval mode, `last_statistics` summed); with
+                `multipliers_from="validation"` and at least one position, both updates read it instead of
+                `statistics`.
         """
         statistics = self.epoch_statistics if statistics is None else statistics
         if self.lambd is None or statistics is None:
             return  # no forward yet: nothing to update
         device = self.lambd.device
-        count = statistics["count"].to(device, torch.float64)
+        source = statistics
+        if self.multipliers_from == "validation" and validation is not None and validation["count"] > 0:
+            source = validation
+        count = source["count"].to(device, torch.float64)
         if count > 0:
-            mean_gradient = statistics["multiplier"].to(device, torch.float64) / count
+            mean_gradient = source["multiplier"].to(device, torch.float64) / count
             self.lambd = mean_gradient.clamp(min=self.lambda_min, max=self.lambda_max)
-            source = validation if validation is not None and validation["count"] > 0 else statistics
-            constraint = source["constraint"].to(device, torch.float64) / source["count"].to(device, torch.float64)
+            constraint = source["constraint"].to(device, torch.float64) / count
             if self.rho_step > 0:
                 if (epoch + 1) % self.rho_step == 0 and self.previous_constraint is not None:
                     grow = constraint > self.tao * self.previous_constraint.clamp(min=0)
@@ -1094,7 +1107,10 @@ class ClassAdaptiveLoss(CalibrationLoss):
         }
 
     def extra_repr(self):
-        return f"margin={self.margin}, rho_step={self.rho_step}, " + super().extra_repr()
+        return (
+            f"margin={self.margin}, rho_step={self.rho_step}, multipliers_from={self.multipliers_from!r}, "
+            + super().extra_repr()
+        )
 
 
 @dataclass(frozen=True)
@@ -1224,6 +1240,7 @@ LOSS_REGISTRY: dict[str, LossSpec] = _registry(
             "cals_rho_step": "rho_step",
             "cals_rho_gamma": "rho_gamma",
             "cals_tao": "tao",
+            "cals_multipliers_from": "multipliers_from",
         },
         {"cals_margin": (5.0, 10.0, 20.0)},
     ),

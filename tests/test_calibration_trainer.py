@@ -632,29 +632,36 @@ def cals_reference_update(logits, labels, lambd, rho, margin, lambda_min=0.01, l
     return gradient.mean(0).clamp(min=lambda_min, max=lambda_max), h.mean(0)
 
 
-def test_cals_multipliers_follow_the_reference_update(tmp_path):
+@pytest.mark.parametrize("source", ["validation", "train"])
+def test_cals_multipliers_follow_the_reference_update(tmp_path, source):
     # learning_rate 0: the logits stay those of the initial model, so every epoch's statistics are known in advance.
+    # "validation" (the default, the reference's rule): both updates read the evaluation after each epoch end;
+    # "train": the epoch's training batches.
     train, val = sequence_dataset(24, ignored_every=5), sequence_dataset(16, seed=1, ignored_every=4)
     model = tiny_sequence_classifier()
     with torch.no_grad():
         model.classifier.weight.mul_(20.0)  # spread the logits so that some classes violate the 0.05 margin
         train_logits = model(input_ids=torch.tensor(train["input_ids"])).logits
         val_logits = model(input_ids=torch.tensor(val["input_ids"])).logits
+    extra = {} if source == "validation" else {"cals_multipliers_from": "train"}
     args = config(
         tmp_path, learning_rate=0.0, num_train_epochs=2, per_device_train_batch_size=8, eval_strategy="epoch",
-        per_device_eval_batch_size=16, logging_strategy="epoch", **CALS,
+        per_device_eval_batch_size=16, logging_strategy="epoch", **CALS, **extra,
     )  # fmt: skip
     trainer = CalibrationTrainer(model=model, args=args, train_dataset=train, eval_dataset=val)
     trainer.train()
-    train_y, val_y = torch.tensor(train["labels"]), torch.tensor(val["labels"])
+    logits, y = (val_logits, val["labels"]) if source == "validation" else (train_logits, train["labels"])
+    y = torch.tensor(y)
     lambd, rho = torch.full((3,), 0.01, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
-    lambd_1, _ = cals_reference_update(train_logits, train_y, lambd, rho, 0.05)
-    lambd_2, _ = cals_reference_update(train_logits, train_y, lambd_1, rho, 0.05)
-    _, val_constraint = cals_reference_update(val_logits, val_y, lambd, rho, 0.05)
-    # rho: epoch 0 has no previous constraint; after epoch 1 it doubles where the (unchanged) validation constraint
-    # is not below 0.9 * max(previous, 0), i.e. where it is positive.
-    rho_2 = torch.where(val_constraint > 0.9 * val_constraint.clamp(min=0), 2.0, 1.0).double()
+    lambd_1, constraint = cals_reference_update(logits, y, lambd, rho, 0.05)
+    lambd_2, _ = cals_reference_update(logits, y, lambd_1, rho, 0.05)
+    # rho: epoch 0 has no previous constraint; after epoch 1 it doubles where the (unchanged) constraint is not
+    # below 0.9 * max(previous, 0), i.e. where it is positive.
+    rho_2 = torch.where(constraint > 0.9 * constraint.clamp(min=0), 2.0, 1.0).double()
     assert (rho_2 == 2.0).any() and (rho_2 == 1.0).any()  # the example exercises both branches
+    other_logits, other_y = (train_logits, train["labels"]) if source == "validation" else (val_logits, val["labels"])
+    other_lambd, _ = cals_reference_update(other_logits, torch.tensor(other_y), lambd, rho, 0.05)
+    assert not torch.allclose(other_lambd, lambd_1, rtol=1e-3)  # the two sources are told apart
     torch.testing.assert_close(trainer.loss_fn.lambd.cpu(), lambd_2, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(trainer.loss_fn.rho.cpu(), rho_2, rtol=0, atol=0)
     logged = [entry for entry in trainer.state.log_history if "cals_lambda_mean" in entry]
@@ -664,7 +671,7 @@ def test_cals_multipliers_follow_the_reference_update(tmp_path):
     assert [entry["cals_rho"] for entry in logged] == pytest.approx([1.0, rho_2.mean().item()])
 
 
-def test_cals_without_evaluation_takes_rho_from_the_training_constraint(tmp_path):
+def test_cals_without_evaluation_takes_the_training_statistics(tmp_path):
     train = sequence_dataset(24)
     model = tiny_sequence_classifier()
     with torch.no_grad():
@@ -673,9 +680,13 @@ def test_cals_without_evaluation_takes_rho_from_the_training_constraint(tmp_path
     args = config(tmp_path, learning_rate=0.0, num_train_epochs=2, per_device_train_batch_size=8, **CALS)
     trainer = CalibrationTrainer(model=model, args=args, train_dataset=train)
     trainer.train()
-    _, constraint = cals_reference_update(logits, torch.tensor(train["labels"]), 0.01, 1.0, 0.05)
+    # the default multipliers_from="validation" has no evaluation to read: both updates take the training batches
+    y = torch.tensor(train["labels"])
+    lambd_1, constraint = cals_reference_update(logits, y, 0.01, 1.0, 0.05)
+    lambd_2, _ = cals_reference_update(logits, y, lambd_1, 1.0, 0.05)
     expected = torch.where(constraint > 0.9 * constraint.clamp(min=0), 2.0, 1.0).double()
     torch.testing.assert_close(trainer.loss_fn.rho.cpu(), expected, rtol=0, atol=0)
+    torch.testing.assert_close(trainer.loss_fn.lambd.cpu(), lambd_2, rtol=1e-5, atol=1e-7)
 
 
 def test_cals_gradient_accumulation_is_exact(tmp_path):

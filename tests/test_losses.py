@@ -772,16 +772,41 @@ def test_cals_multiplier_update_by_hand():
     assert loss.last_parts["penalty"].item() == pytest.approx(0.0, abs=1e-12)
     loss.update_multipliers(epoch=1)
     assert loss.lambd.tolist() == [1.5, 0.5] and loss.rho.tolist() == [2.0, 1.0]
-    # Validation statistics drive the rho update when given: a constraint that dropped keeps rho.
+    # Validation statistics drive both updates when given (the default multipliers_from="validation"): the
+    # training batch would give lambda [3.5, 0.5] and a rising constraint [1, -1]; the validation sums over 2
+    # positions give lambda [5, 1.2] / 2 = [2.5, 0.6] and a constraint [-3, -3] that dropped, so rho stays.
     loss(torch.tensor([[0.0, 2.0]], dtype=torch.float64), torch.tensor([1]))
-    validation = {"count": torch.tensor(1.0), "constraint": torch.tensor([-3.0, -3.0])}
+    validation = {
+        "count": torch.tensor(2.0),
+        "multiplier": torch.tensor([5.0, 1.2], dtype=torch.float64),
+        "constraint": torch.tensor([-6.0, -6.0]),
+    }
     loss.update_multipliers(epoch=2, validation=validation)
-    assert loss.rho.tolist() == [2.0, 1.0]
+    assert loss.lambd.tolist() == pytest.approx([2.5, 0.6], abs=1e-15) and loss.rho.tolist() == [2.0, 1.0]
+    assert loss.previous_constraint.tolist() == [-3.0, -3.0]
+    # Empty validation statistics (no labelled position) fall back to the training ones.
+    loss(torch.tensor([[0.0, 2.0]], dtype=torch.float64), torch.tensor([1]))
+    empty = {"count": torch.tensor(0.0), "multiplier": torch.zeros(2), "constraint": torch.zeros(2)}
+    loss.update_multipliers(epoch=3, validation=empty)
+    # lambda = clamp(relu([2.5, 0.6] + [2, 1] * [1, -1])) = [4.5, 0.5] (0.6 - 1 < 0 -> clamped to 0.5); constraint
+    # [1, -1] against 0.9 * max(-3, 0) = 0: class 0 rose (rho 2 -> 4), class 1 did not (stays 1).
+    assert loss.lambd.tolist() == pytest.approx([4.5, 0.5]) and loss.rho.tolist() == [4.0, 1.0]
     # rho_max caps the growth (rho_step 1, constraint rising each epoch).
-    for epoch in range(3, 10):
+    for epoch in range(4, 10):
         loss(torch.tensor([[0.0, 2.0 + epoch]], dtype=torch.float64), torch.tensor([1]))
         loss.update_multipliers(epoch=epoch)
     assert loss.rho[0].item() == 10.0
+
+
+def test_cals_multipliers_from_train_ignores_validation_statistics():
+    # The same first epoch as test_cals_multiplier_update_by_hand, with validation statistics that would move
+    # everything: multipliers_from="train" keeps the training batch's lambda [0.5, 1.5] and constraint [-1, 0.5].
+    loss = L.ClassAdaptiveLoss(margin=1.0, lambda_min=0.5, rho_step=1, rho_gamma=2.0, multipliers_from="train")
+    loss(torch.tensor([[3.0, 0.0], [0.0, 0.0]], dtype=torch.float64), torch.tensor([0, 1]))
+    validation = {"count": torch.tensor(1.0), "multiplier": torch.tensor([9.0, 9.0]), "constraint": torch.ones(2)}
+    loss.update_multipliers(epoch=0, validation=validation)
+    assert loss.lambd.tolist() == [0.5, 1.5] and loss.previous_constraint.tolist() == [-1.0, 0.5]
+    assert "multipliers_from='train'" in repr(loss)
 
 
 def test_cals_eval_mode_does_not_accumulate_and_state_round_trips():
@@ -819,6 +844,7 @@ def test_cals_eval_mode_does_not_accumulate_and_state_round_trips():
         ({"rho_min": -1.0}, "rho_min"),
         ({"rho_step": -1}, "rho_step.*>= 0"),
         ({"rho_gamma": 0.5}, "rho_gamma.*>= 1"),
+        ({"multipliers_from": "val"}, r"multipliers_from.*\('validation', 'train'\).*'val'"),
     ],
 )
 def test_cals_bad_hyper_parameters(kwargs, match):
