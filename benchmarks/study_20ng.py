@@ -66,6 +66,7 @@ run replaces these estimates.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -216,6 +217,15 @@ def longest_run_s(results_dir: Path) -> float | None:
     return max(times, default=None)
 
 
+def read_search_candidates(path: Path) -> list[dict]:
+    """The rows of a search's `search.csv` with numbers as numbers and `chosen` as a bool."""
+    rows = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            rows.append({key: value == "True" if key == "chosen" else float(value) for key, value in row.items()})
+    return rows
+
+
 def run_one(args, regime: str, loss: str, setting: str, seed: int, deadline: float | None = None) -> Path | None:
     """Run one recipe call unless its result file exists; `deadline`: a `time.monotonic()` time (--deadline_s)."""
     name = f"{loss}-{setting}-seed{seed}"
@@ -278,6 +288,8 @@ def run_one(args, regime: str, loss: str, setting: str, seed: int, deadline: flo
         "validation_history": history,
         "train_loss_history": train_loss,
     }
+    if (output_dir / "search.csv").exists():  # a tuned run: every candidate's validation numbers, the chosen marked
+        record["search_candidates"] = read_search_candidates(output_dir / "search.csv")
     # The JSON is written last: its presence marks the run as finished.
     result_file.write_text(json.dumps(record, indent=1) + "\n")
     print(
@@ -417,7 +429,27 @@ def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
         "",
         *detail,
     ]
+    lines += search_report(runs)
     return "\n".join(lines) + "\n"
+
+
+def search_report(runs: list[dict]) -> list[str]:
+    """One table per tuned run: every candidate's validation numbers (percent), the chosen one marked."""
+    lines = []
+    for run in sorted(runs, key=lambda r: (r["loss_type"], r["seed"])):
+        candidates = run.get("search_candidates")
+        if not candidates:
+            continue
+        names = [key for key in candidates[0] if not key.startswith("eval_") and key not in ("time_s", "chosen")]
+        header = [*names, "val Acc", "val ECE", "val debiased CE", "val NLL", "train min", "chosen"]
+        lines += ["", f"### Search of `{run['loss_type']}` {run['setting']}, seed {run['seed']} (validation)", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in candidates:
+            cells = [f"{row[name]:g}" for name in names]
+            cells += [f"{100 * row[key]:.2f}" for key in ("eval_accuracy", "eval_ece", "eval_dce")]
+            cells += [f"{row['eval_nll']:.4f}", f"{row['time_s'] / 60:.1f}", "**yes**" if row["chosen"] else ""]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_curves(runs: list[dict], path: Path, regime: str) -> None:

@@ -101,6 +101,44 @@ def test_a_run_still_going_at_the_deadline_is_stopped_without_a_result(tmp_path,
     assert not list((tmp_path / "results").glob("**/*.json"))  # not marked finished: the next sitting runs it again
 
 
+FAKE_TUNED_RECIPE = """
+import json, sys
+from pathlib import Path
+import numpy as np
+out = Path(next(a for a in sys.argv if a.startswith("--output_dir=")).split("=", 1)[1])
+assert "--search_hparams" in sys.argv
+(out / "all_results.json").write_text(json.dumps({"test_accuracy": 0.5, "test_ece": 0.1, "test_ts_ece": 0.05,
+                                                 "temperature": 1.5, "search_margin": 4.0}))
+(out / "trainer_state.json").write_text(json.dumps({"log_history": [{"epoch": 1, "eval_ece": 0.2, "loss": 1.0}]}))
+rng = np.random.default_rng(0)
+np.savez(out / "predictions_test.npz", logits=rng.normal(size=(60, 3)), labels=rng.integers(0, 3, 60))
+(out / "search.csv").write_text("margin,alpha,eval_accuracy,eval_ece,eval_dce,eval_nll,eval_samples,time_s,chosen\\n"
+                                "4.0,0.1,0.61,0.05,0.04,1.2,1132,600.0,True\\n"
+                                "10.0,0.1,0.62,0.09,0.08,1.3,1132,630.0,False\\n")
+"""
+
+
+def test_a_tuned_run_keeps_its_search_candidates_and_the_report_shows_them(tmp_path, load_script):
+    study = load_script("benchmarks/study_20ng.py")
+    script = tmp_path / "fake_recipe.py"
+    script.write_text(FAKE_TUNED_RECIPE)
+    launcher = f"{sys.executable} {script}"  # the recipe path and its arguments follow in sys.argv
+    results = tmp_path / "results"
+    study.main(["--losses", "mbls", "--seeds", "1", "--settings", "tuned", "--results_dir", str(results),
+                "--runs_dir", str(tmp_path / "runs"), "--encoder", "enc", "--launcher", launcher])  # fmt: skip
+    record = json.loads((results / "cnn" / "mbls-tuned-seed1.json").read_text())
+    assert record["search_candidates"] == [
+        {"margin": 4.0, "alpha": 0.1, "eval_accuracy": 0.61, "eval_ece": 0.05, "eval_dce": 0.04, "eval_nll": 1.2,
+         "eval_samples": 1132.0, "time_s": 600.0, "chosen": True},
+        {"margin": 10.0, "alpha": 0.1, "eval_accuracy": 0.62, "eval_ece": 0.09, "eval_dce": 0.08, "eval_nll": 1.3,
+         "eval_samples": 1132.0, "time_s": 630.0, "chosen": False},
+    ]  # fmt: skip
+    lines = study.search_report([{**record, "logits": None}])
+    assert "### Search of `mbls` tuned, seed 1 (validation)" in lines
+    assert "| 4 | 0.1 | 61.00 | 5.00 | 4.00 | 1.2000 | 10.0 | **yes** |" in lines
+    assert "| 10 | 0.1 | 62.00 | 9.00 | 8.00 | 1.3000 | 10.5 |  |" in lines
+
+
 def test_gpu_carry_round_trip(tmp_path, load_script):
     carry_module = load_script("benchmarks/gpu_carry.py")
     from safetensors.torch import load_file, save_file
