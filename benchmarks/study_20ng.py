@@ -161,7 +161,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Train nothing: write RESULTS_study_20ng.md (tables, paired differences) and the per-epoch curves PNG "
         "from the result files in --results_dir.",
     )
-    parser.add_argument("--n_bootstrap", type=int, default=1000, help="--report: bootstrap resamples per interval.")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A_JSON", "B_JSON"),
+        default=None,
+        help="Train nothing: print the paired differences A - B of two stored runs of the same test set (each "
+        "result JSON beside its .npz, e.g. a run kept in superseded/), raw and with each run's own temperature.",
+    )
+    parser.add_argument(
+        "--n_bootstrap", type=int, default=1000, help="--report, --compare: bootstrap resamples per interval."
+    )
     return parser.parse_args(argv)
 
 
@@ -319,16 +329,41 @@ TS_COLUMNS = [column for column in TABLE_COLUMNS if column[0] not in ("accuracy"
 PAIRED_METRICS = [column for column in TABLE_COLUMNS if column[0] in ("accuracy", "ece", "dce", "smece", "nll")]
 
 
+def load_run(result_file: Path) -> dict:
+    """A finished run: its JSON record plus `logits`/`labels` from the .npz beside it."""
+    record = json.loads(Path(result_file).read_text())
+    stored = np.load(Path(result_file).with_suffix(".npz"))
+    record["logits"] = stored["logits"].astype(np.float32)
+    record["labels"] = stored["labels"].astype(np.int64)
+    return record
+
+
 def load_runs(results_dir: Path) -> dict[str, list[dict]]:
-    """regime -> finished runs, each its JSON record plus `logits`/`labels` from its .npz."""
+    """regime -> finished runs (the JSON files one folder down, e.g. `cnn/*.json`; `superseded/` is not read)."""
     runs: dict[str, list[dict]] = {}
     for result_file in sorted(results_dir.glob("*/*.json")):
-        record = json.loads(result_file.read_text())
-        stored = np.load(result_file.with_suffix(".npz"))
-        record["logits"] = stored["logits"].astype(np.float32)
-        record["labels"] = stored["labels"].astype(np.int64)
+        record = load_run(result_file)
         runs.setdefault(record["regime"], []).append(record)
     return runs
+
+
+def compare_runs(path_a: Path, path_b: Path, n_bootstrap: int) -> str:
+    """The paired differences `A - B` of two stored runs on the same test examples, raw and each run scaled by its
+    own temperature, with paired bootstrap intervals (seed 0); the text `--compare` prints."""
+    from mbls_nlp.calibration import paired_bootstrap
+
+    a, b = load_run(path_a), load_run(path_b)
+    if not np.array_equal(a["labels"], b["labels"]):
+        raise ValueError(f"`--compare` needs two runs of the same test set; {path_a} and {path_b} differ.")
+    lines = [f"A = {path_a}", f"B = {path_b}", ""]
+    header = ["comparison"] + [title for _, title, _ in PAIRED_METRICS]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for title, scaled in (("A - B", False), ("(A + TS) - (B + TS)", True)):
+        za, zb = (r["logits"] / r["metrics"]["temperature"] if scaled else r["logits"] for r in (a, b))
+        metrics = [key for key, _, _ in PAIRED_METRICS]
+        result = paired_bootstrap(za, zb, a["labels"], metrics=metrics, n_bootstrap=n_bootstrap, seed=0)
+        lines.append("| " + " | ".join([title, *(_interval(result, k, pct) for k, _, pct in PAIRED_METRICS)]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value: float, percent: bool) -> str:
@@ -498,6 +533,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.report:
         write_report(Path(args.results_dir), args.n_bootstrap)
+        return
+    if args.compare:
+        print(compare_runs(Path(args.compare[0]), Path(args.compare[1]), args.n_bootstrap))
         return
     if args.encoder is None:
         args.encoder = default_encoder()

@@ -61,6 +61,32 @@ def test_report_recomputes_metrics_and_pairs_against_ce(tmp_path, load_script):
     assert "--num_train_epochs=10" in text and "--seed=1" not in text
 
 
+def test_compare_two_stored_runs(tmp_path, load_script, capsys):
+    study = load_script("benchmarks/study_20ng.py")
+    logits, labels = _logits(0)
+    _write_run(tmp_path / "a", "cals", 1, logits, labels, temperature=2.0)
+    _write_run(tmp_path / "b", "cals", 1, logits, labels, temperature=2.0)
+    a, b = tmp_path / "a" / "cals-default-seed1.json", tmp_path / "b" / "cals-default-seed1.json"
+    study.main(["--compare", str(a), str(b), "--n_bootstrap", "20"])
+    out = capsys.readouterr().out
+    assert "| A - B | 0.00 [0.00, 0.00] |" in out and "| (A + TS) - (B + TS) | 0.00 [0.00, 0.00] |" in out
+    # against a different model: the raw ECE difference is the library's, computed on the stored logits
+    other, _ = _logits(1)
+    _write_run(tmp_path / "c", "ce", 1, other, labels, temperature=1.0)
+    c = tmp_path / "c" / "ce-default-seed1.json"
+    text = study.compare_runs(a, c, n_bootstrap=20)
+    row = next(line for line in text.splitlines() if line.startswith("| A - B |"))
+    ece = {}
+    for name, path in (("a", a), ("c", c)):
+        stored = np.load(path.with_suffix(".npz"))
+        scores = torch.tensor(stored["logits"].astype(np.float32))
+        ece[name] = calibration_report(scores, torch.tensor(stored["labels"]))["ece"]
+    assert row.split(" | ")[2].split(" [")[0] == f"{100 * (ece['a'] - ece['c']):.2f}"
+    _write_run(tmp_path / "d", "ce", 1, other[:-1], labels[:-1], temperature=1.0)
+    with pytest.raises(ValueError, match="same test set"):
+        study.compare_runs(a, tmp_path / "d" / "ce-default-seed1.json", n_bootstrap=20)
+
+
 def test_finished_runs_are_skipped(tmp_path, load_script, capsys):
     study = load_script("benchmarks/study_20ng.py")
     logits, labels = _logits(0)
