@@ -78,7 +78,9 @@ class CalibrationTrainer(Trainer):
     - The loss state (alpha schedule, CALS multipliers and the running statistics of the current epoch, summed over
       processes) is saved in checkpoints (`calibration_loss.pt`, written before
       `trainer_state.json`) and restored by `resume_from_checkpoint`, so that a resumed run continues exactly as
-      the uninterrupted one from any step or epoch checkpoint; an incomplete checkpoint is refused. The fitted
+      the uninterrupted one from any step or epoch checkpoint (from a step checkpoint on an epoch's last step, a
+      CALS update that reads the epoch-end evaluation makes that validation pass again, unlogged); an incomplete
+      checkpoint is refused. The fitted
       temperature is stored in `model.config.calibration_temperature`, so it is saved with the model. A model saved
       with the temperature folded into its head (`config.calibration_temperature_folded`, see
       [`~mbls_nlp.temperature.fold_temperature`]) is unfolded when the trainer is built, so that its logits are the
@@ -181,7 +183,42 @@ class CalibrationTrainer(Trainer):
         self._scheduled_epochs = resumed
         # A step checkpoint on an epoch's last step is written before that epoch's on_epoch_end (Trainer's
         # _maybe_log_save_evaluate runs first) and the resumed run starts with the next epoch: apply the update here.
-        self._advance_epochs(completed)
+        # Where the uninterrupted run evaluated after that epoch end and CALS reads that evaluation, the same pass is
+        # made here (same weights: the evaluation came after the checkpoint's last step), so the update is the same.
+        followed = self._epoch_end_evaluation_follows(completed) and self._multipliers_read_validation()
+        self._advance_epochs(completed, defer_last=resumed < completed and followed)
+        if self._pending_multiplier_epoch is not None:
+            self._collect_validation_statistics()
+            self._apply_pending_multiplier_update()
+
+    def _epoch_end_evaluation_follows(self, epochs_done: int) -> bool:
+        # DefaultFlowCallback.on_epoch_end: an evaluation follows an epoch end with eval_strategy="epoch" once
+        # state.epoch has reached eval_delay.
+        strategy = getattr(self.args.eval_strategy, "value", self.args.eval_strategy)
+        return strategy == "epoch" and self.eval_dataset is not None and (self.args.eval_delay or 0) <= epochs_done
+
+    def _multipliers_read_validation(self) -> bool:
+        return hasattr(self.loss_fn, "update_multipliers") and self.loss_fn.multipliers_from == "validation"
+
+    def _collect_validation_statistics(self) -> None:
+        """The validation pass of a pending CALS update, without logging: the evaluation loop over the first
+        evaluation set (as `evaluate` would run it), keeping only the loss's statistics."""
+        eval_dataset, prefix = self.eval_dataset, "eval"
+        if isinstance(eval_dataset, dict):
+            name, eval_dataset = next(iter(eval_dataset.items()))
+            prefix = f"eval_{name}"
+        dataloader = self.get_eval_dataloader(eval_dataset)
+        outer, self._labelled_set = self._labelled_set, "`eval_dataset` (the CALS validation pass on resume)"
+        try:
+            self.evaluation_loop(dataloader, "CALS validation statistics", prediction_loss_only=True,
+                                 metric_key_prefix=prefix)  # fmt: skip
+        finally:
+            self._labelled_set = outer
+        for callback in self.callback_handler.callbacks:  # a progress bar opened for this pass closes at on_evaluate
+            bar = getattr(callback, "prediction_bar", None)
+            if bar is not None:
+                bar.close()
+                callback.prediction_bar = None
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None):
         """As `Trainer.train`; a fresh run (no `resume_from_checkpoint`) in an output folder holding `checkpoint-*`

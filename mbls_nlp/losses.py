@@ -145,6 +145,10 @@ class CalibrationLoss(nn.Module):
     def part_weights(self) -> dict[str, float]:
         return {name: 1.0 for name in self.part_names}
 
+    def _no_valid_position(self, z: torch.Tensor) -> None:
+        """Called by `forward` for a batch without a valid position (`z`: its logits, `(N, C)`): a loss that keeps
+        per-forward state resets it here."""
+
     def _per_position(self, z: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -177,6 +181,7 @@ class CalibrationLoss(nn.Module):
             # Zero that still backpropagates (zero gradients) instead of the 0/0 NaN of torch's mean.
             zero = z.sum() * 0.0 if self.reduction != "none" else (z * 0.0).sum(1).reshape(labels.shape)
             self.last_parts = {name: zero.detach().clone() for name in self.part_names}
+            self._no_valid_position(z)
             return zero
         if n_valid != y.numel():
             keep = valid.nonzero().squeeze(1)
@@ -903,8 +908,8 @@ class ClassAdaptiveLoss(CalibrationLoss):
       (`multipliers_from="validation"`, the reference's rule) or of the epoch's training batches
       (`multipliers_from="train"`, or when no validation statistics are given);
     - every `rho_step` epochs, `rho_k <- clamp(rho_gamma * rho_k, rho_min, rho_max)` for the classes whose mean
-      constraint `mean_i h_ik` (over the same positions) did not drop below `tao * max(previous mean, 0)` (the
-      previous epoch's).
+      constraint `mean_i h_ik` (over the same positions) is still above `tao * max(previous mean, 0)` (the previous
+      epoch's).
 
     Forward passes in training mode (`loss.train()`, the default) add their statistics to running sums (kept in the
     `state_dict`, so a mid-epoch checkpoint keeps them); every forward also leaves its own in `last_statistics`.
@@ -918,7 +923,9 @@ class ClassAdaptiveLoss(CalibrationLoss):
     `rho_max` 10 from the class). The reference estimates both updates on the validation set, in its per-epoch
     validation pass (`update_lambd` in `eval_epoch`), which is the default here; `CalibrationTrainer` passes the
     statistics of the evaluation at the epoch's end (`eval_strategy="epoch"`) and falls back to the training ones
-    when none follows. Like the reference, the loss is the mean over positions and classes, the update's statistics
+    when none follows. The validation set then steers training (as in the reference), besides choosing a searched
+    candidate and fitting the temperature. Like the reference, the loss is the mean over positions and classes, the
+    update's statistics
     use the multipliers of the epoch, and the max is not detached; ignored positions are excluded everywhere.
 
     Args:
@@ -1013,6 +1020,10 @@ class ClassAdaptiveLoss(CalibrationLoss):
             return torch.zeros(shape, dtype=torch.float64, device=device)
 
         return {"count": zeros(), "multiplier": zeros(num_classes), "constraint": zeros(num_classes)}
+
+    def _no_valid_position(self, z):
+        # the statistics of this forward are zero (a caller summing `last_statistics` must not add the previous ones)
+        self.last_statistics = self._zero_statistics(z.shape[1], z.device)
 
     def get_extra_state(self):
         if self.lambd is None:

@@ -4,7 +4,7 @@ The global batch is 8 either way (per-device 8 with one process, 4 with two); th
 `python ddp_train_script.py OUTPUT_DIR` trains and evaluates (also on sets that are not a multiple of the global
 eval batch); `python ddp_train_script.py OUTPUT_DIR resume` trains with an alpha schedule, resumes a second trainer
 from the step checkpoint on the first epoch's last step and records both; `python ddp_train_script.py OUTPUT_DIR
-cals` trains CALS for two epochs and records its multipliers.
+cals` trains CALS for two epochs (multipliers from the evaluation after each epoch end) and records its multipliers.
 """
 
 import json
@@ -55,12 +55,16 @@ def train_and_evaluate(output_dir: str, world_size: int) -> tuple[CalibrationTra
 
 def train_cals(output_dir: str, world_size: int) -> tuple[CalibrationTrainer, dict]:
     cals = dict(loss_type="cals", cals_margin=0.05, cals_rho_step=1, cals_rho_gamma=2.0)
-    args = make_args(output_dir, world_size, num_train_epochs=2, logging_steps=6, save_strategy="no", **cals)
+    args = make_args(
+        output_dir, world_size, num_train_epochs=2, logging_steps=6, save_strategy="no", eval_strategy="epoch", **cals
+    )
+    # The multipliers are updated from the evaluation after each epoch end. 34 rows: with 2 processes of eval batch
+    # 4, the last global batch holds 2 rows, so process 1's last batch is all padding (its labels ignored).
     trainer = CalibrationTrainer(
         model=tiny_sequence_classifier(),
         args=args,
         train_dataset=sequence_dataset(48, ignored_every=3),
-        eval_dataset=sequence_dataset(40, seed=1, ignored_every=5),
+        eval_dataset=sequence_dataset(34, seed=1, ignored_every=5),
     )
     trainer.train()
     metrics = trainer.evaluate()

@@ -636,8 +636,10 @@ def cals_reference_update(logits, labels, lambd, rho, margin, lambda_min=0.01, l
 def test_cals_multipliers_follow_the_reference_update(tmp_path, source):
     # learning_rate 0: the logits stay those of the initial model, so every epoch's statistics are known in advance.
     # "validation" (the default, the reference's rule): both updates read the evaluation after each epoch end;
-    # "train": the epoch's training batches.
-    train, val = sequence_dataset(24, ignored_every=5), sequence_dataset(16, seed=1, ignored_every=4)
+    # "train": the epoch's training batches. The validation set is read in 4 batches of 5 (sums over batches), and
+    # its first batch has no valid label (its statistics are zero, not the previous forward's).
+    train, val = sequence_dataset(24, ignored_every=5), sequence_dataset(20, seed=1, ignored_every=4)
+    val = val.map(lambda row, i: {"labels": -100 if i < 5 else row["labels"]}, with_indices=True)
     model = tiny_sequence_classifier()
     with torch.no_grad():
         model.classifier.weight.mul_(20.0)  # spread the logits so that some classes violate the 0.05 margin
@@ -646,7 +648,7 @@ def test_cals_multipliers_follow_the_reference_update(tmp_path, source):
     extra = {} if source == "validation" else {"cals_multipliers_from": "train"}
     args = config(
         tmp_path, learning_rate=0.0, num_train_epochs=2, per_device_train_batch_size=8, eval_strategy="epoch",
-        per_device_eval_batch_size=16, logging_strategy="epoch", **CALS, **extra,
+        per_device_eval_batch_size=5, logging_strategy="epoch", **CALS, **extra,
     )  # fmt: skip
     trainer = CalibrationTrainer(model=model, args=args, train_dataset=train, eval_dataset=val)
     trainer.train()
@@ -716,18 +718,26 @@ def test_cals_gradient_accumulation_is_exact(tmp_path):
         ("checkpoint-6", {"save_strategy": "steps", "save_steps": 3}),
     ],
 )
-def test_resume_restores_cals_multipliers(tmp_path, checkpoint, save):
+@pytest.mark.parametrize("evaluate", [False, True])
+def test_resume_restores_cals_multipliers(tmp_path, checkpoint, save, evaluate):
     # 3 epochs of 3 steps. checkpoint-4 is inside epoch 2 (its running statistics are in the checkpoint); with
     # save_strategy="epoch", checkpoint-6 is written after epoch 2's multiplier update; a step checkpoint on an
     # epoch's last step (3, 6) is written before that epoch's update, which the resumed run must apply from the
-    # statistics stored in the checkpoint.
+    # statistics stored in the checkpoint or, with an evaluation after each epoch end (the default reads it), from
+    # the same validation pass made again.
     data = sequence_dataset(24)
     kwargs = dict(per_device_train_batch_size=8, num_train_epochs=3, **save, **CALS)
+    sets = {}
+    if evaluate:
+        kwargs.update(eval_strategy="epoch", per_device_eval_batch_size=8)
+        sets["eval_dataset"] = sequence_dataset(20, seed=3, ignored_every=3)
     model = tiny_sequence_classifier()
-    full = CalibrationTrainer(model=model, args=config(tmp_path / "full", **kwargs), train_dataset=data)
+    full = CalibrationTrainer(model=model, args=config(tmp_path / "full", **kwargs), train_dataset=data, **sets)
     full.train()
     resumed_model = tiny_sequence_classifier(seed=1)
-    resumed = CalibrationTrainer(model=resumed_model, args=config(tmp_path / "resumed", **kwargs), train_dataset=data)
+    resumed = CalibrationTrainer(
+        model=resumed_model, args=config(tmp_path / "resumed", **kwargs), train_dataset=data, **sets
+    )
     resumed.train(resume_from_checkpoint=str(tmp_path / "full" / checkpoint))
     torch.testing.assert_close(flat_parameters(resumed_model), flat_parameters(model), atol=1e-6, rtol=0)
     torch.testing.assert_close(resumed.loss_fn.lambd, full.loss_fn.lambd, rtol=1e-6, atol=1e-9)

@@ -798,6 +798,21 @@ def test_cals_multiplier_update_by_hand():
     assert loss.rho[0].item() == 10.0
 
 
+def test_cals_batch_without_valid_position_has_zero_statistics():
+    # A caller summing last_statistics over evaluation batches (CalibrationTrainer) must not count an all-ignored
+    # batch (e.g. accelerate's padding of a process's last batch) as the previous forward again.
+    loss = L.ClassAdaptiveLoss(margin=1.0)
+    z, y = random_logits(6, 3, seed=5)
+    loss(z, y)
+    assert loss.last_statistics["count"].item() == 6
+    loss.eval()
+    value = loss(z, torch.full((6,), -100))
+    assert value.item() == 0.0
+    assert loss.last_statistics["count"].item() == 0
+    assert loss.last_statistics["multiplier"].tolist() == [0.0] * 3
+    assert loss.last_statistics["constraint"].tolist() == [0.0] * 3
+
+
 def test_cals_multipliers_from_train_ignores_validation_statistics():
     # The same first epoch as test_cals_multiplier_update_by_hand, with validation statistics that would move
     # everything: multipliers_from="train" keeps the training batch's lambda [0.5, 1.5] and constraint [-1, 0.5].

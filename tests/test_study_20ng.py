@@ -82,6 +82,15 @@ def test_compare_two_stored_runs(tmp_path, load_script, capsys):
         scores = torch.tensor(stored["logits"].astype(np.float32))
         ece[name] = calibration_report(scores, torch.tensor(stored["labels"]))["ece"]
     assert row.split(" | ")[2].split(" [")[0] == f"{100 * (ece['a'] - ece['c']):.2f}"
+    # each run scaled by its own temperature (a: 2, c: 1): the scaled row is the difference of those ECEs
+    scaled = {
+        name: calibration_report(torch.tensor(np.load(path.with_suffix(".npz"))["logits"].astype(np.float32)) / t,
+                                 torch.tensor(labels))["ece"]
+        for name, path, t in (("a", a, 2.0), ("c", c, 1.0))
+    }  # fmt: skip
+    row = next(line for line in text.splitlines() if line.startswith("| (A + TS) - (B + TS) |"))
+    assert row.split(" | ")[2].split(" [")[0] == f"{100 * (scaled['a'] - scaled['c']):.2f}"
+    assert f"{100 * (scaled['a'] - scaled['c']):.2f}" != f"{100 * (ece['a'] - ece['c']):.2f}"
     _write_run(tmp_path / "d", "ce", 1, other[:-1], labels[:-1], temperature=1.0)
     with pytest.raises(ValueError, match="same test set"):
         study.compare_runs(a, tmp_path / "d" / "ce-default-seed1.json", n_bootstrap=20)
