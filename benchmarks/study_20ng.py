@@ -147,6 +147,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "regime's arguments, so it overrides them (--recipe_arg=--max_train_samples=300); kept in each result file.",
     )
     parser.add_argument(
+        "--variant",
+        default=None,
+        metavar="NAME",
+        help="Name the runs <loss>-NAME-seed<k> instead of <loss>-default-seed<k>: the default setting changed by "
+        "--recipe_arg (e.g. --variant m4 --recipe_arg=--margin=4), a row of its own in the report.",
+    )
+    parser.add_argument(
         "--deadline_s",
         type=float,
         default=None,
@@ -238,7 +245,8 @@ def read_search_candidates(path: Path) -> list[dict]:
 
 def run_one(args, regime: str, loss: str, setting: str, seed: int, deadline: float | None = None) -> Path | None:
     """Run one recipe call unless its result file exists; `deadline`: a `time.monotonic()` time (--deadline_s)."""
-    name = f"{loss}-{setting}-seed{seed}"
+    label = args.variant if args.variant and setting == "default" else setting
+    name = f"{loss}-{label}-seed{seed}"
     results_dir = Path(args.results_dir) / regime
     result_file = results_dir / f"{name}.json"
     if result_file.exists():
@@ -290,7 +298,7 @@ def run_one(args, regime: str, loss: str, setting: str, seed: int, deadline: flo
     record = {
         "regime": regime,
         "loss_type": loss,
-        "setting": setting,
+        "setting": label,
         "seed": seed,
         "wall_time_s": round(wall, 1),
         "recipe_arguments": recipe,
@@ -402,7 +410,13 @@ def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
     for run in sorted(runs, key=lambda r: (r["setting"], r["loss_type"] != "ce", r["loss_type"], r["seed"])):
         groups.setdefault((run["loss_type"], run["setting"]), []).append(run)
     lines = [f"## Regime `{regime}`", ""]
-    lines += [f"Recipe arguments (loss, seed and output folder vary): `{_shown_arguments(runs[0])}`", ""]
+    base = next((r for r in runs if r["setting"] == "default"), runs[0])
+    lines += [f"Recipe arguments (loss, seed and output folder vary): `{_shown_arguments(base)}`", ""]
+    for (loss, setting), members in groups.items():
+        if setting not in ("default", "tuned"):
+            extra = [a for a in members[0]["recipe_arguments"] if a not in base["recipe_arguments"]]
+            extra = [a for a in extra if not a.startswith(("--loss_type=", "--seed=", "--output_dir="))]
+            lines += [f"Setting `{setting}` of `{loss}`: the default arguments plus `{' '.join(extra)}`", ""]
     lines += ["### Test metrics, mean ± std over seeds (percent; NLL and Brier as numbers)", ""]
     header = ["loss", "setting", "seeds"] + [t for _, t, _ in TABLE_COLUMNS] + ["T"]
     header += [f"TS {t}" for _, t, _ in TS_COLUMNS] + ["train min"]
@@ -494,14 +508,15 @@ def plot_curves(runs: list[dict], path: Path, regime: str) -> None:
     axes = figure.subplots(1, 2)
     colours = {"ce": "tab:red", "mbls": "tab:blue", "ls": "tab:green", "focal": "tab:orange"}
     for run in runs:
-        if run["setting"] != "default" or run["loss_type"] not in colours:
+        if run["setting"] == "tuned" or run["loss_type"] not in colours:
             continue
         history = run["validation_history"]
         epochs = [h["epoch"] for h in history]
-        label = f"{run['loss_type']} (seed {run['seed']})"
-        colour = colours[run["loss_type"]]
-        axes[0].plot(epochs, [100 * h["eval_ece"] for h in history], color=colour, alpha=0.8, label=label)
-        axes[1].plot(epochs, [100 * h["eval_accuracy"] for h in history], color=colour, alpha=0.8, label=label)
+        variant = "" if run["setting"] == "default" else f" {run['setting']}"
+        label = f"{run['loss_type']}{variant} (seed {run['seed']})"
+        style = dict(color=colours[run["loss_type"]], alpha=0.8, label=label, linestyle="-" if not variant else "--")
+        axes[0].plot(epochs, [100 * h["eval_ece"] for h in history], **style)
+        axes[1].plot(epochs, [100 * h["eval_accuracy"] for h in history], **style)
     axes[0].set(xlabel="epoch", ylabel="validation ECE (%)", title=f"{regime}: validation ECE per epoch")
     axes[1].set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"{regime}: validation accuracy per epoch")
     axes[1].legend(fontsize=7)
@@ -548,6 +563,17 @@ def main(argv: list[str] | None = None) -> None:
     settings = [name.strip() for name in args.settings.split(",")]
     if set(settings) - {"default", "tuned"}:
         raise ValueError(f"`--settings` takes 'default' and/or 'tuned', got {settings}.")
+    if args.variant is not None:
+        if not re.fullmatch(r"[a-z0-9_]+", args.variant) or args.variant in ("default", "tuned"):
+            raise ValueError(
+                f"`--variant` must be a short name of a-z, 0-9 and _ other than 'default' and 'tuned', got "
+                f"{args.variant!r}."
+            )
+        if settings != ["default"] or not args.recipe_arg:
+            raise ValueError(
+                "`--variant` names a changed default setting: it needs `--settings default` and at least one "
+                f"`--recipe_arg` (got settings {settings}, recipe_arg {args.recipe_arg})."
+            )
     seeds = [int(seed) for seed in args.seeds.split(",")]
     if args.deadline_s is not None and args.deadline_s <= 0:
         raise ValueError(f"`--deadline_s` must be a positive number of seconds, got {args.deadline_s}.")

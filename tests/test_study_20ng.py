@@ -96,6 +96,31 @@ def test_compare_two_stored_runs(tmp_path, load_script, capsys):
         study.compare_runs(a, tmp_path / "d" / "ce-default-seed1.json", n_bootstrap=20)
 
 
+def test_a_variant_is_its_own_run_and_row(tmp_path, load_script, capsys):
+    study = load_script("benchmarks/study_20ng.py")
+    common = ["--losses", "mbls", "--seeds", "1", "--results_dir", str(tmp_path), "--encoder", "enc", "--dry_run"]
+    study.main([*common, "--variant", "m4", "--recipe_arg=--margin=4"])
+    command = capsys.readouterr().out.split()
+    assert command[-1] == "--margin=4" and any(a.endswith("/cnn/mbls-m4-seed1") for a in command)
+    for bad in (["--variant", "m4"], ["--variant", "tuned", "--recipe_arg=--margin=4"],
+                ["--variant", "M 4", "--recipe_arg=--margin=4"],
+                ["--variant", "m4", "--recipe_arg=--margin=4", "--settings", "default,tuned"]):  # fmt: skip
+        with pytest.raises(ValueError, match="`--variant`"):
+            study.main([*common, *bad])
+    # in the report: a row of its own, paired against CE, with the arguments that make it differ
+    logits, labels = _logits(0)
+    _write_run(tmp_path / "cnn", "ce", 1, logits, labels, temperature=2.0)
+    _write_run(tmp_path / "cnn", "mbls", 1, logits, labels, temperature=2.0)
+    record = json.loads((tmp_path / "cnn" / "mbls-default-seed1.json").read_text())
+    record.update(setting="m4", recipe_arguments=[*record["recipe_arguments"], "--margin=4"])
+    (tmp_path / "cnn" / "mbls-m4-seed1.json").write_text(json.dumps(record))
+    (tmp_path / "cnn" / "mbls-m4-seed1.npz").write_bytes((tmp_path / "cnn" / "mbls-default-seed1.npz").read_bytes())
+    text = study.write_report(tmp_path, n_bootstrap=20).read_text()
+    assert "Setting `m4` of `mbls`: the default arguments plus `--margin=4`" in text
+    assert any(line.startswith("| mbls | m4 | 1 |") for line in text.splitlines())
+    assert any(line.startswith("| mbls | m4 | loss - CE | 1 |") for line in text.splitlines())
+
+
 def test_finished_runs_are_skipped(tmp_path, load_script, capsys):
     study = load_script("benchmarks/study_20ng.py")
     logits, labels = _logits(0)
