@@ -83,6 +83,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "20newsgroups"
 DEFAULT_RESULTS = ROOT / "benchmarks" / "study_20ng"
 # Keys of the per-epoch validation history kept in each result file.
+MULTIPLIER_KEYS = ("cals_lambda_mean", "cals_lambda_max", "cals_rho", "cals_rho_max")
 HISTORY_KEYS = (
     "epoch", "eval_accuracy", "eval_ece", "eval_ece_over", "eval_ece_under", "eval_aece", "eval_cece", "eval_dce",
     "eval_nll", "eval_brier", "eval_loss",
@@ -287,6 +288,11 @@ def run_one(args, regime: str, loss: str, setting: str, seed: int, deadline: flo
         if "eval_ece" in entry
     ]
     train_loss = [{"epoch": e["epoch"], "loss": e["loss"]} for e in state["log_history"] if "loss" in e]
+    multipliers = [  # CALS: the multipliers after each epoch-end update
+        {key: e[key] for key in ("epoch", *MULTIPLIER_KEYS) if key in e}
+        for e in state["log_history"]
+        if "cals_lambda_mean" in e
+    ]
     predictions = np.load(output_dir / "predictions_test.npz")
     logits = predictions["logits"].astype(np.float32)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -306,6 +312,8 @@ def run_one(args, regime: str, loss: str, setting: str, seed: int, deadline: flo
         "validation_history": history,
         "train_loss_history": train_loss,
     }
+    if multipliers:
+        record["multiplier_history"] = multipliers
     if (output_dir / "search.csv").exists():  # a tuned run: every candidate's validation numbers, the chosen marked
         record["search_candidates"] = read_search_candidates(output_dir / "search.csv")
     # The JSON is written last: its presence marks the run as finished.

@@ -169,7 +169,9 @@ out = Path(next(a for a in sys.argv if a.startswith("--output_dir=")).split("=",
 assert "--search_hparams" in sys.argv
 (out / "all_results.json").write_text(json.dumps({"test_accuracy": 0.5, "test_ece": 0.1, "test_ts_ece": 0.05,
                                                  "temperature": 1.5, "search_margin": 4.0}))
-(out / "trainer_state.json").write_text(json.dumps({"log_history": [{"epoch": 1, "eval_ece": 0.2, "loss": 1.0}]}))
+(out / "trainer_state.json").write_text(json.dumps({"log_history": [{"epoch": 1, "eval_ece": 0.2, "loss": 1.0},
+                                                                    {"epoch": 1, "cals_lambda_mean": 0.5,
+                                                                     "cals_rho": 1.0}]}))
 rng = np.random.default_rng(0)
 np.savez(out / "predictions_test.npz", logits=rng.normal(size=(60, 3)), labels=rng.integers(0, 3, 60))
 (out / "search.csv").write_text("margin,alpha,eval_accuracy,eval_ece,eval_dce,eval_nll,eval_samples,time_s,chosen\\n"
@@ -193,6 +195,7 @@ def test_a_tuned_run_keeps_its_search_candidates_and_the_report_shows_them(tmp_p
         {"margin": 10.0, "alpha": 0.1, "eval_accuracy": 0.62, "eval_ece": 0.09, "eval_dce": 0.08, "eval_nll": 1.3,
          "eval_samples": 1132.0, "time_s": 630.0, "chosen": False},
     ]  # fmt: skip
+    assert record["multiplier_history"] == [{"epoch": 1, "cals_lambda_mean": 0.5, "cals_rho": 1.0}]
     lines = study.search_report([{**record, "logits": None}])
     assert "### Search of `mbls` tuned, seed 1 (validation)" in lines
     assert "| 4 | 0.1 | 61.00 | 5.00 | 4.00 | 1.2000 | 10.0 | **yes** |" in lines
