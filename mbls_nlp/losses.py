@@ -925,8 +925,8 @@ class ClassAdaptiveLoss(CalibrationLoss):
     statistics of the evaluation at the epoch's end (`eval_strategy="epoch"`) and falls back to the training ones
     when none follows. The validation set then steers training (as in the reference), besides choosing a searched
     candidate and fitting the temperature. Like the reference, the loss is the mean over positions and classes, the
-    update's statistics
-    use the multipliers of the epoch, and the max is not detached; ignored positions are excluded everywhere.
+    update's statistics use the multipliers of the epoch, and the max is not detached; ignored positions are
+    excluded everywhere.
 
     Args:
         margin (`float`, *optional*, defaults to `20.0`): margin on the logit distances, `> 0` (it also normalises
