@@ -556,7 +556,8 @@ def train_calibrate_and_test(
 
     Returns:
         [`ProtocolOutput`]: the metrics written to `all_results.json` (the fitted temperature once, as
-        `temperature`) and the test predictions.
+        `temperature`; the split sizes as `train_samples`, `validation_samples` and `test_samples`) and the test
+        predictions.
     """
     args = trainer.args
     names = ("test_n_bootstrap", "calibration_confidence", "seed")  # fail before training, not after it
@@ -586,7 +587,11 @@ def train_calibrate_and_test(
     validation.pop("validation_temperature", None)
     test = {key: value for key, value in test_output.metrics.items() if key != "test_temperature"}
     test_output = test_output._replace(metrics=test)
-    results = {**train_result.metrics, **search, **validation, **test, "temperature": trainer.temperature}
+    # The split sizes, as transformers' example scripts log them (`train_samples`, `eval_samples`): what a reader
+    # of the numbers needs for their noise (a validation accuracy's standard error, the search's accuracy test).
+    splits = {"train": trainer.train_dataset, "validation": validation_dataset, "test": test_dataset}
+    sizes = {f"{split}_samples": len(data) for split, data in splits.items() if hasattr(data, "__len__")}
+    results = {**train_result.metrics, **search, **validation, **test, **sizes, "temperature": trainer.temperature}
     reason = learned_something(
         test["test_accuracy"], int(_logits(test_output.predictions).shape[-1]), _final_train_loss(trainer)
     )

@@ -37,6 +37,8 @@ def test_protocol_fits_on_validation_tests_once_and_writes_every_result(tmp_path
     assert [key for key in results if "temperature" in key] == ["temperature"]
     assert "test_temperature" not in output.test_predictions.metrics
     assert results["temperature"] == trainer.temperature
+    # The split sizes, as transformers' example scripts log them.
+    assert (results["train_samples"], results["validation_samples"], results["test_samples"]) == (48, 24, 20)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["calibration_temperature"] == pytest.approx(results["temperature"])
     assert json.loads((tmp_path / "all_results.json").read_text()) == pytest.approx(results)
