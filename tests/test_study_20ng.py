@@ -161,45 +161,128 @@ def test_a_run_still_going_at_the_deadline_is_stopped_without_a_result(tmp_path,
     assert not list((tmp_path / "results").glob("**/*.json"))  # not marked finished: the next sitting runs it again
 
 
-FAKE_TUNED_RECIPE = """
+FAKE_CANDIDATE_RECIPE = """
 import json, sys
 from pathlib import Path
 import numpy as np
-out = Path(next(a for a in sys.argv if a.startswith("--output_dir=")).split("=", 1)[1])
-assert "--search_hparams" in sys.argv
+given = dict(a[2:].split("=", 1) for a in sys.argv[2:] if a.startswith("--") and "=" in a)
+out = Path(given["output_dir"])
+with open(Path(sys.argv[0]).parent / "calls.txt", "a") as calls:  # beside this script
+    calls.write(out.name + "\\n")
+margin = float(given.get("margin", 10))
+accuracy, dce = {2: (0.55, 0.01), 4: (0.61, 0.04), 10: (0.62, 0.08)}[margin]  # margin 2: significantly less accurate
 (out / "all_results.json").write_text(json.dumps({"test_accuracy": 0.5, "test_ece": 0.1, "test_ts_ece": 0.05,
-                                                 "temperature": 1.5, "search_margin": 4.0}))
-(out / "trainer_state.json").write_text(json.dumps({"log_history": [{"epoch": 1, "eval_ece": 0.2, "loss": 1.0},
-                                                                    {"epoch": 1, "cals_lambda_mean": 0.5,
-                                                                     "cals_rho": 1.0}]}))
-rng = np.random.default_rng(0)
+                                                 "temperature": 1.5, "validation_samples": 1132}))
+evaluation = {"epoch": 2, "eval_accuracy": accuracy, "eval_ece": dce + 0.01, "eval_dce": dce, "eval_nll": 1.0}
+lambdas = {"epoch": 2, "cals_lambda_mean": margin, "cals_rho": 1.0}
+(out / "trainer_state.json").write_text(json.dumps({"log_history": [{"epoch": 1, "eval_ece": 0.3}, evaluation,
+                                                                    lambdas]}))
+rng = np.random.default_rng(int(margin))
 np.savez(out / "predictions_test.npz", logits=rng.normal(size=(60, 3)), labels=rng.integers(0, 3, 60))
-(out / "search.csv").write_text("margin,alpha,eval_accuracy,eval_ece,eval_dce,eval_nll,eval_samples,time_s,chosen\\n"
-                                "4.0,0.1,0.61,0.05,0.04,1.2,1132,600.0,True\\n"
-                                "10.0,0.1,0.62,0.09,0.08,1.3,1132,630.0,False\\n")
 """
 
 
-def test_a_tuned_run_keeps_its_search_candidates_and_the_report_shows_them(tmp_path, load_script):
+def test_the_tuned_setting_is_a_search_over_runs_of_its_own(tmp_path, load_script, capsys):
     study = load_script("benchmarks/study_20ng.py")
     script = tmp_path / "fake_recipe.py"
-    script.write_text(FAKE_TUNED_RECIPE)
-    launcher = f"{sys.executable} {script}"  # the recipe path and its arguments follow in sys.argv
-    results = tmp_path / "results"
-    study.main(["--losses", "mbls", "--seeds", "1", "--settings", "tuned", "--results_dir", str(results),
-                "--runs_dir", str(tmp_path / "runs"), "--encoder", "enc", "--launcher", launcher])  # fmt: skip
+    script.write_text(FAKE_CANDIDATE_RECIPE)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    common = ["--losses", "mbls", "--seeds", "1", "--results_dir", str(results), "--runs_dir", str(runs),
+              "--encoder", "enc", "--launcher", f"{sys.executable} {script}"]  # fmt: skip
+    grid = "--search_grid=mbls:margin=2,4,10"
+    # the default run is the candidate margin 10 (mbls's defaults: margin 10, alpha 0.1): trained once, reused
+    study.main(common)
+    tuned = [*common, "--settings", "tuned", grid]
+    study.main([*tuned, "--dry_run"])
+    out = capsys.readouterr().out
+    assert "[wait] cnn/mbls-tuned-seed1: 2 of 3 candidates not trained yet" in out
+    assert "candidates/mbls-margin2-seed1" in out and "candidates/mbls-margin10-seed1" not in out
+    assert not (results / "cnn" / "mbls-tuned-seed1.json").exists()
+    study.main(tuned)
+    calls = (tmp_path / "calls.txt").read_text().split()
+    assert calls == ["mbls-default-seed1", "mbls-margin2-seed1", "mbls-margin4-seed1"]  # nothing trained twice
     record = json.loads((results / "cnn" / "mbls-tuned-seed1.json").read_text())
-    assert record["search_candidates"] == [
-        {"margin": 4.0, "alpha": 0.1, "eval_accuracy": 0.61, "eval_ece": 0.05, "eval_dce": 0.04, "eval_nll": 1.2,
-         "eval_samples": 1132.0, "time_s": 600.0, "chosen": True},
-        {"margin": 10.0, "alpha": 0.1, "eval_accuracy": 0.62, "eval_ece": 0.09, "eval_dce": 0.08, "eval_nll": 1.3,
-         "eval_samples": 1132.0, "time_s": 630.0, "chosen": False},
-    ]  # fmt: skip
-    assert record["multiplier_history"] == [{"epoch": 1, "cals_lambda_mean": 0.5, "cals_rho": 1.0}]
-    lines = study.search_report([{**record, "logits": None}])
+    rows = record["search_candidates"]
+    assert [row["margin"] for row in rows] == [2.0, 4.0, 10.0]
+    assert [row["run"] for row in rows] == ["candidates/mbls-margin2-seed1", "candidates/mbls-margin4-seed1",
+                                            "mbls-default-seed1"]  # fmt: skip
+    # the rule of the recipe's search on the same rows: margin 2 fails the accuracy test (0.62 - 0.55 > 1.645 SE),
+    # margin 4 passes it (0.01 < 0.033) and has the lower debiased error
+    from mbls_nlp.hparam_search import select_candidate
+
+    assert [row["chosen"] for row in rows] == [False, True, False]
+    assert select_candidate([{k: v for k, v in row.items() if k != "chosen"} for row in rows]) == 1
+    assert rows[1]["eval_samples"] == 1132 and rows[1]["eval_dce"] == 0.04
+    assert record["setting"] == "tuned" and record["chosen_run"] == "candidates/mbls-margin4-seed1"
+    assert record["wall_time_s"] == pytest.approx(sum(row["time_s"] for row in rows))
+    assert record["search_grid"] == {"margin": [2.0, 4.0, 10.0]}
+    assert record["multiplier_history"] == [{"epoch": 2, "cals_lambda_mean": 4.0, "cals_rho": 1.0}]  # the chosen's
+    chosen = np.load(results / "cnn" / "candidates" / "mbls-margin4-seed1.npz")
+    stored = np.load(results / "cnn" / "mbls-tuned-seed1.npz")
+    assert np.array_equal(chosen["logits"], stored["logits"])
+    # finished: the next call trains nothing; the report has the tuned row and the search's table, not the candidates
+    study.main(tuned)
+    assert "[skip] cnn/mbls-tuned-seed1" in capsys.readouterr().out
+    assert len((tmp_path / "calls.txt").read_text().split()) == 3
+    runs_read = study.load_runs(results)["cnn"]
+    assert sorted(r["setting"] for r in runs_read) == ["default", "tuned"]
+    lines = study.search_report(runs_read)
     assert "### Search of `mbls` tuned, seed 1 (validation)" in lines
-    assert "| 4 | 0.1 | 61.00 | 5.00 | 4.00 | 1.2000 | 10.0 | **yes** |" in lines
-    assert "| 10 | 0.1 | 62.00 | 9.00 | 8.00 | 1.3000 | 10.5 |  |" in lines
+    assert "| 4 | 61.00 | 5.00 | 4.00 | 1.0000 | " in next(line for line in lines if line.startswith("| 4 |"))
+    assert any("**yes** | `candidates/mbls-margin4-seed1` |" in line for line in lines)
+    assert any("The search trained 3 candidates" in line for line in lines)
+
+
+def test_a_stored_run_is_a_candidate_only_with_the_same_arguments_and_the_rules_numbers(tmp_path, load_script):
+    study = load_script("benchmarks/study_20ng.py")
+    regime = tmp_path / "cnn"
+    logits, labels = _logits(0)
+    _write_run(regime, "mbls", 1, logits, labels, temperature=1.0)  # history without eval_dce
+    args = ["--loss_type=mbls", "--seed=1", "--num_train_epochs=10"]
+    assert study.find_trained(regime, "mbls", 1, [*args, "--output_dir=x", "--margin=10", "--alpha=0.1"]) is None
+    record = json.loads((regime / "mbls-default-seed1.json").read_text())
+    record["validation_history"][-1]["eval_dce"] = 0.02
+    (regime / "mbls-default-seed1.json").write_text(json.dumps(record))
+    found = study.find_trained(regime, "mbls", 1, [*args, "--output_dir=x", "--margin=10", "--alpha=0.1"])
+    assert found == regime / "mbls-default-seed1.json"  # margin 10 and alpha 0.1 are mbls's defaults
+    assert study.find_trained(regime, "mbls", 1, [*args, "--output_dir=x", "--margin=4"]) is None
+    assert study.find_trained(regime, "mbls", 2, [*args, "--output_dir=x"]) is None  # another seed
+    assert study.find_trained(regime, "mbls", 1, [*args[:2], "--num_train_epochs=5"]) is None  # another budget
+    assert study.split_hparams(["--margin=4", "--x=1", "--output_dir=o", "--margin=6"], "mbls") == (
+        ["--x=1"],
+        {"margin": 6.0, "alpha": 0.1},
+    )  # the last value wins, as in argparse
+
+
+def test_validation_size_of_a_run_recorded_without_it(tmp_path, load_script):
+    study = load_script("benchmarks/study_20ng.py")
+    for split, n in (("train", 50), ("test", 10)):
+        with gzip.open(tmp_path / f"{split}.jsonl.gz", "wt") as handle:
+            for i in range(n):
+                handle.write(json.dumps({"text": f"message {i}", "label": i % 2}) + "\n")
+    files = [f"--train_file={tmp_path / 'train.jsonl.gz'}", f"--test_file={tmp_path / 'test.jsonl.gz'}"]
+    record = {"metrics": {}, "recipe_arguments": [*files, "--seed=3"]}
+    assert study.validation_size(record) == 5  # 10% of 50, as the recipe carves it
+    record["recipe_arguments"].append("--validation_split_percentage=20")
+    assert study.validation_size(record) == 10
+    assert study.validation_size({"metrics": {"validation_samples": 1132}, "recipe_arguments": []}) == 1132
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (["--settings", "tuned", "--search_grid=hinge:margin=1"], "LOSS:GRID"),
+        (["--settings", "tuned", "--search_grid=mbls:gamma=1"], "cannot vary"),
+        (["--settings", "tuned", "--search_grid=mbls:margin=1", "--search_grid=mbls:margin=2"], "twice"),
+        (["--search_grid=mbls:margin=1"], "add `--settings tuned`"),
+        (["--settings", "tuned", "--selection_metric", "auc"], "`--selection_metric`"),
+        (["--settings", "tuned", "--max_accuracy_drop", "-1"], "`--max_accuracy_drop`"),
+    ],
+)
+def test_bad_search_arguments_fail_before_training(tmp_path, load_script, bad, match):
+    study = load_script("benchmarks/study_20ng.py")
+    with pytest.raises(ValueError, match=match):
+        study.main(["--losses", "mbls", "--results_dir", str(tmp_path), "--encoder", "enc", "--dry_run", *bad])
 
 
 def test_gpu_carry_round_trip(tmp_path, load_script):
