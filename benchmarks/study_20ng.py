@@ -58,8 +58,9 @@ a temporary folder). Then the device tool's `run` with `command="bash benchmarks
 `carry=["gpu_carry"]`, `timeout_s=600`. It installs the wheels and `pip install --no-deps -e .`, runs the `cnn` regime
 at the paper's 1,000 tokens (10 epochs) and the `minilm` regime at 256 tokens (20 epochs on the seeded 2,000
 messages), into `benchmarks/study_20ng_gpu/` (apart from the CPU tables), and stops starting runs before
-`--budget_s` (default 540 s, the install counted), in this order: CE and MbLS seed 1 in both regimes, their seeds 2-3,
-then every other loss. What finished comes back as `$OUT/study_20ng_gpu.tar.gz` (unpack with
+`--budget_s` (default 540 s, the install counted), in this order: CE and MbLS seed 1 in both regimes, MbLS's margin
+chosen on validation (the tuned setting over margins 2, 4, 6, 10; seed 1; minilm first), their seeds 2-3, then every
+other loss. What finished comes back as `$OUT/study_20ng_gpu.tar.gz` (unpack with
 `tar -xzf study_20ng_gpu.tar.gz -C benchmarks/`, commit, then `--report --results_dir benchmarks/study_20ng_gpu`),
 with `run_logs.tar.gz` and the script's log; no checkpoints. Committed GPU results travel with the tree and are
 skipped, so a later session's call continues the study.
