@@ -33,10 +33,13 @@ its own) and `tuned` (`--settings tuned`): the recipe's validation search (`--se
 `--search_grid LOSS:GRID`; the rule of `mbls_nlp.hparam_search.select_candidate`, `--max_accuracy_drop` and
 `--selection_metric` as in the recipe) with each candidate a run of its own under `<regime>/candidates/`, so that a
 search resumes run by run and the chosen candidate is not trained a second time. A stored run with the same recipe
-arguments (the default run, a variant run) is a candidate already trained. Once every candidate has finished,
+arguments and launcher (the default run, a variant run) is a candidate already trained: a run trained by code that
+has changed since must leave the regime's folder (`superseded/`), as a record compares arguments, not code (each
+record keeps the commit that trained it, `git_commit`). Once every candidate has finished,
 `<loss>-tuned-seed<k>.json` / `.npz` hold the chosen run's record and test logits, every candidate's validation
 numbers (`search_candidates`) and the search's total training time (`wall_time_s`). The choice reads validation
-only: the last per-epoch evaluation, what the recipe's search reads.
+only: the last per-epoch evaluation, what the recipe's search reads. A finished search is not run again; a call with
+another grid or rule for it stops with an error (use another `--results_dir`).
 
     python benchmarks/study_20ng.py --regimes minilm --losses mbls --seeds 1 --settings tuned \
         --search_grid "mbls:margin=2,4,6,10;alpha=0.1"
@@ -50,31 +53,31 @@ The study of the CPU session, then its tables (`--report` trains nothing; it wri
 The full protocol (1,000 tokens, every loss) on an accelerator: `--max_seq_length 1000 --losses all`.
 
 On a GPU (issue 17, item 5; no GPU has been lent to this project's sessions so far, so none of this has run on one):
-`benchmarks/gpu_study_20ng.sh` runs the study on the device tool's machine in one call. Here, once:
-`bash benchmarks/gpu_study_20ng.sh --prepare-wheels` (fills the git-ignored `gpu_carry/`, about 51 MiB: wheels of
-datasets and evaluate, the data and MiniLM in float16, see benchmarks/gpu_carry.py), and
-`nice -n 19 bash benchmarks/gpu_study_20ng.sh --rehearse` (the same install and commands on this CPU, a tiny budget,
-a temporary folder). Then the device tool's `run` with `command="bash benchmarks/gpu_study_20ng.sh"`,
-`carry=["gpu_carry"]`, `timeout_s=600`. It installs the wheels and `pip install --no-deps -e .`, runs the `cnn` regime
-at the paper's 1,000 tokens (10 epochs) and the `minilm` regime at 256 tokens (20 epochs on the seeded 2,000
-messages), into `benchmarks/study_20ng_gpu/` (apart from the CPU tables), and stops starting runs before
-`--budget_s` (default 540 s, the install counted), in this order: CE and MbLS seed 1 in both regimes, MbLS's margin
-chosen on validation (the tuned setting over margins 2, 4, 6, 10; seed 1; minilm first), their seeds 2-3, then every
-other loss. What finished comes back as `$OUT/study_20ng_gpu.tar.gz` (unpack with
-`tar -xzf study_20ng_gpu.tar.gz -C benchmarks/`, commit, then `--report --results_dir benchmarks/study_20ng_gpu`),
-with `run_logs.tar.gz` and the script's log; no checkpoints. Committed GPU results travel with the tree and are
-skipped, so a later session's call continues the study.
+`benchmarks/gpu_study_20ng.sh` runs the study on the device tool's machine in one call. Here, once: `bash
+benchmarks/gpu_study_20ng.sh --prepare-wheels` (fills the git-ignored `gpu_carry/`, about 51 MiB: wheels of datasets
+and evaluate, the data and MiniLM in float16, see benchmarks/gpu_carry.py), and `nice -n 19 bash
+benchmarks/gpu_study_20ng.sh --rehearse` (the same install and the default-setting commands on this CPU, a tiny budget,
+a temporary folder; the tuned search is not rehearsed). Then the device tool's `run` with `command="bash
+benchmarks/gpu_study_20ng.sh"`, `carry=["gpu_carry"]`, `timeout_s=600`. It installs the wheels and `pip install
+--no-deps -e .`, runs the `cnn` regime at the paper's 1,000 tokens (10 epochs) and the `minilm` regime at 256 tokens
+(20 epochs on the seeded 2,000 messages), into `benchmarks/study_20ng_gpu/` (apart from the CPU tables), and stops
+starting runs before `--budget_s` (default 540 s, the install counted), in this order: CE and MbLS seed 1 in both
+regimes, MbLS's margin chosen on validation (the tuned setting over margins 2, 4, 6, 10; seed 1; minilm first), their
+seeds 2-3, then every other loss. What finished comes back as `$OUT/study_20ng_gpu.tar.gz` (unpack with `tar -xzf
+study_20ng_gpu.tar.gz -C benchmarks/`, commit, then `--report --results_dir benchmarks/study_20ng_gpu`), with
+`run_logs.tar.gz` and the script's log; no checkpoints. Committed GPU results travel with the tree and are skipped, so
+a later session's call continues the study.
 
 Estimated GPU time per run (an estimate from FLOP counts and the CPU runs above, not a measurement): the text CNN's
 compute is ~2.5 MFLOP per token per training pass, 0.3 PFLOP for 10 epochs at 1,000 tokens, seconds on an H200, so a
 `cnn` run is its fixed costs (starting Python and transformers, reading, cleaning and tokenizing 18,846 messages,
-evaluating every epoch): about 1-2 minutes. A `minilm` run trains ~10M tokens (2,000 messages x 256 tokens x 20
-epochs, ~70 MFLOP per token forward and backward: ~0.7 PFLOP in float32) plus the evaluations: about 1.5-3 minutes.
-What fits in 15 minutes of device time: one call (a machine's start takes a minute or more, the call at most 10
-minutes; what is left is under the 4 minutes needed to start another machine), i.e. about 4-8 runs: CE and MbLS seed 1
-in both regimes, perhaps their seed 2. The whole default-setting study (11 losses x 3 seeds x 2 regimes = 66 runs,
-the `tuned` setting several times that) needs on the order of ten such sessions; the first call's `wall_time_s` per
-run replaces these estimates.
+evaluating every epoch): about 1-2 minutes. A `minilm` run trains ~10M tokens (2,000 messages x 256 tokens x 20 epochs,
+~70 MFLOP per token forward and backward: ~0.7 PFLOP in float32) plus the evaluations: about 1.5-3 minutes. What fits
+in 15 minutes of device time: one call (a machine's start takes a minute or more, the call at most 10 minutes; what is
+left is under the 4 minutes needed to start another machine), i.e. about 4-8 runs: CE and MbLS seed 1 in both regimes,
+perhaps some of MbLS's margin candidates. The whole default-setting study (11 losses x 3 seeds x 2 regimes = 66 runs,
+the `tuned` setting several times that) needs on the order of ten such sessions; the first call's `wall_time_s` per run
+replaces these estimates.
 """
 
 from __future__ import annotations
@@ -284,6 +287,17 @@ def run_one(args, regime: str, loss: str, setting: str, seed: int, deadline: flo
     return run_recipe(args, regime, name, label, loss, seed, recipe, output_dir, deadline)
 
 
+def git_commit() -> str | None:
+    """The commit of the checkout that runs the study (with `+dirty` when it has changes), or None outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def run_recipe(args, regime, name, label, loss, seed, recipe, output_dir: Path, deadline: float | None) -> Path | None:
     """One recipe call (its run folder `output_dir`) unless its result file exists: `<name>.json` in the regime's
     results, under `candidates/` for a candidate (`label` "candidate"); writes that JSON (last) and the .npz
@@ -347,6 +361,8 @@ def run_recipe(args, regime, name, label, loss, seed, recipe, output_dir: Path, 
         "setting": label,
         "seed": seed,
         "wall_time_s": round(wall, 1),
+        "git_commit": git_commit(),
+        "launcher": args.launcher,
         "recipe_arguments": recipe,
         "metrics": metrics,
         "validation_history": history,
@@ -405,27 +421,51 @@ def split_hparams(recipe: list[str], loss: str) -> tuple[list[str], dict[str, fl
     values = {name: float(spec.defaults[name]) for name in fields}
     rest = []
     for argument in recipe:
-        key, _, value = argument.partition("=")
+        key, sep, value = argument.partition("=")
         if key.startswith("--") and key[2:] in fields:
+            if not sep:
+                raise ValueError(f"Write the recipe argument {argument!r} as {key}=VALUE (one token), e.g. {key}=4.")
             values[key[2:]] = float(value)
         elif not argument.startswith("--output_dir="):
             rest.append(argument)
     return rest, values
 
 
+def _number(value: float) -> str:
+    """A grid value as the recipe argument and the run's name write it: exact (12 significant digits), short."""
+    return format(value, ".12g")
+
+
 def candidate_name(loss: str, candidate: dict[str, float], seed: int) -> str:
-    return f"{loss}-" + "-".join(f"{name}{value:g}" for name, value in candidate.items()) + f"-seed{seed}"
+    return f"{loss}-" + "-".join(f"{name}{_number(value)}" for name, value in candidate.items()) + f"-seed{seed}"
 
 
-def find_trained(regime_dir: Path, loss: str, seed: int, recipe: list[str]) -> Path | None:
-    """A stored run (a report row or a candidate) with the same recipe arguments as `recipe` up to the output folder
-    and with the validation numbers the rule needs; None when there is none."""
-    wanted = split_hparams(recipe, loss)
+def _without_paths(recipe: list[str]) -> list[str]:
+    return [re.sub(r"=.*/.*", "=<path>", argument) for argument in recipe]
+
+
+def same_training(record: dict, loss: str, recipe: list[str], launcher: str | None) -> bool:
+    """Whether a stored run trained what `recipe` (run by `launcher`) would: the same arguments up to the output
+    folder, the same values of the loss's searchable fields, the same launcher (a record without one: the default,
+    `sys.executable`). `launcher=None` compares across machines: neither the launcher nor the paths in arguments."""
+    stored = record["recipe_arguments"]
+    if launcher is None:
+        stored, recipe = _without_paths(stored), _without_paths(recipe)
+    elif record.get("launcher", sys.executable) != launcher:
+        return False
+    return split_hparams(stored, loss) == split_hparams(recipe, loss)
+
+
+def find_trained(
+    regime_dir: Path, loss: str, seed: int, recipe: list[str], launcher: str = sys.executable
+) -> Path | None:
+    """A stored run (a report row or a candidate) that trained what `recipe` would (see [`same_training`]) and has
+    the validation numbers the rule needs; None when there is none."""
     for path in sorted(regime_dir.glob("*.json")) + sorted((regime_dir / CANDIDATES_DIR).glob("*.json")):
         record = json.loads(path.read_text())
         if record["loss_type"] != loss or record["seed"] != seed or record["setting"] == "tuned":
             continue
-        if split_hparams(record["recipe_arguments"], loss) != wanted:
+        if not same_training(record, loss, recipe, launcher):
             continue
         if record["validation_history"] and "eval_dce" in record["validation_history"][-1]:
             return path
@@ -441,10 +481,10 @@ def validation_size(record: dict) -> int:
 
     given = dict(a[2:].partition("=")[::2] for a in record["recipe_arguments"] if a.startswith("--"))
     optional = {"validation_split_percentage": float, "max_eval_samples": int}
+    files = {name: given.get(name) for name in ("train_file", "validation_file", "test_file")}
+    files = {name: None if path is None else ROOT / path for name, path in files.items()}  # the recipe's working dir
     splits = load_classification_splits(
-        train_file=given.get("train_file"),
-        validation_file=given.get("validation_file"),
-        test_file=given.get("test_file"),
+        **files,
         seed=int(given["seed"]),
         **{name: kind(given[name]) for name, kind in optional.items() if name in given},
     )
@@ -470,10 +510,18 @@ def run_tuned(args, regime: str, loss: str, seed: int, deadline: float | None = 
     regime_dir = Path(args.results_dir) / regime
     name = f"{loss}-tuned-seed{seed}"
     result_file = regime_dir / f"{name}.json"
+    grid = parse_search_grid(args.grids.get(loss), loss)
+    rule = {"max_accuracy_drop": args.max_accuracy_drop, "selection_metric": args.selection_metric}
     if result_file.exists():
+        done = json.loads(result_file.read_text())
+        asked = {field_name: list(values) for field_name, values in grid.items()}
+        if (done["search_grid"], done["search_rule"]) != (asked, rule):
+            raise ValueError(
+                f"{result_file} is a search with grid {done['search_grid']} and rule {done['search_rule']}; this call "
+                f"asks for grid {asked} and rule {rule}. Use another --results_dir (or move that search away)."
+            )
         print(f"[skip] {regime}/{name}: {result_file} exists")
         return None
-    grid = parse_search_grid(args.grids.get(loss), loss)
     if not grid:
         print(f"[skip] {regime}/{name}: {loss} has nothing to search; its tuned setting is its default run")
         return None
@@ -483,9 +531,20 @@ def run_tuned(args, regime: str, loss: str, seed: int, deadline: float | None = 
         label = candidate_name(loss, candidate, seed)
         output_dir = Path(args.runs_dir) / regime / CANDIDATES_DIR / label
         recipe = recipe_arguments(args, regime, loss, seed, output_dir) + list(args.recipe_arg)
-        recipe += [f"--{field_name}={value:g}" for field_name, value in candidate.items()]
-        own = regime_dir / CANDIDATES_DIR / f"{label}.json"  # this candidate, trained before (maybe elsewhere)
-        stored = own if own.exists() else find_trained(regime_dir, loss, seed, recipe)
+        recipe += [f"--{field_name}={_number(value)}" for field_name, value in candidate.items()]
+        own = regime_dir / CANDIDATES_DIR / f"{label}.json"  # this candidate, trained before
+        if own.exists():
+            other = json.loads(own.read_text())
+            # The name does not say the budget: a candidate stored with other arguments is another search's. The
+            # data paths may differ (a run made on another machine, e.g. the GPU's): those are compared by name.
+            if not same_training(other, loss, recipe, launcher=None):
+                raise ValueError(
+                    f"{own} was trained with other recipe arguments than this search's candidate {candidate}: "
+                    "use another --results_dir for a search with another budget."
+                )
+            stored = own
+        else:
+            stored = find_trained(regime_dir, loss, seed, recipe, args.launcher)
         if stored is None:
             stored = run_recipe(args, regime, label, "candidate", loss, seed, recipe, output_dir, deadline)
         if stored is None:
@@ -499,12 +558,15 @@ def run_tuned(args, regime: str, loss: str, seed: int, deadline: float | None = 
     chosen = select_candidate(rows, args.max_accuracy_drop, selection_metric=args.selection_metric)
     for i, row in enumerate(rows):
         row["chosen"] = i == chosen
+    if args.dry_run:  # every candidate is stored: say what would be chosen, write nothing
+        print(f"[dry run] {regime}/{name}: would choose {rows[chosen]['run']} among {len(rows)} candidates")
+        return None
     source = regime_dir / f"{rows[chosen]['run']}.json"
     record = json.loads(source.read_text())
     record.update(
         setting="tuned",
         search_grid={field_name: list(values) for field_name, values in grid.items()},
-        search_rule={"max_accuracy_drop": args.max_accuracy_drop, "selection_metric": args.selection_metric},
+        search_rule=rule,
         search_candidates=rows,
         chosen_run=rows[chosen]["run"],
         chosen_wall_time_s=record["wall_time_s"],
@@ -626,6 +688,8 @@ def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
         row += [_mean_std([r["ts_report"][k] for r in members], pct) for k, _, pct in TS_COLUMNS]
         row += [f"{np.mean([r['wall_time_s'] for r in members]) / 60:.1f}"]
         lines.append("| " + " | ".join(row) + " |")
+    if any(setting == "tuned" for _, setting in groups):
+        lines += ["", "train min: a run's wall time; for a `tuned` row, its whole search's (every candidate)."]
     # Paired differences on the same 7,532 test messages, per seed (CE of the same seed), with paired bootstrap
     # intervals over test messages; "better"/"worse" count the seeds whose interval excludes zero either way.
     lines += [
@@ -703,11 +767,13 @@ def search_report(runs: list[dict]) -> list[str]:
         drop = rule.get("max_accuracy_drop")
         kept = "the accuracy test" if drop is None else f"within {drop:g} accuracy points of the best"
         total = sum(row["time_s"] for row in candidates) / 60
+        reused = sum(1 for row in candidates if not row.get("run", CANDIDATES_DIR).startswith(CANDIDATES_DIR))
         lines += [
             "",
             f"Rule: among the candidates kept by {kept}, the lowest validation "
             f"`{rule.get('selection_metric', 'dce')}` (`mbls_nlp.hparam_search.select_candidate`). "
-            f"The search trained {len(candidates)} candidates, {total:.0f} min in all.",
+            f"{len(candidates)} candidates, {total:.0f} min of training in all"
+            + (f" ({reused} of them rows of the table above, trained once for both)." if reused else "."),
         ]
     return lines
 
@@ -788,12 +854,11 @@ def main(argv: list[str] | None = None) -> None:
     args.grids = study_grids(args.search_grid)
     if args.grids and "tuned" not in settings:
         raise ValueError(f"`--search_grid` is the tuned setting's grid: add `--settings tuned` (got {settings}).")
-    from mbls_nlp.hparam_search import SELECTION_METRICS
+    if set(args.grids) - set(losses):
+        raise ValueError(f"`--search_grid` gives grids of {sorted(set(args.grids) - set(losses))}, not in --losses.")
+    from mbls_nlp.hparam_search import _check_rule  # the recipe's checks of its rule, before any training
 
-    if args.selection_metric not in SELECTION_METRICS:
-        raise ValueError(f"`--selection_metric` must be one of {SELECTION_METRICS}, got {args.selection_metric!r}.")
-    if args.max_accuracy_drop is not None and not args.max_accuracy_drop >= 0:
-        raise ValueError(f"`--max_accuracy_drop` must be a number of points >= 0, got {args.max_accuracy_drop}.")
+    _check_rule(args.max_accuracy_drop, args.selection_metric)
     seeds = [int(seed) for seed in args.seeds.split(",")]
     if args.deadline_s is not None and args.deadline_s <= 0:
         raise ValueError(f"`--deadline_s` must be a positive number of seconds, got {args.deadline_s}.")

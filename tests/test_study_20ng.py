@@ -230,7 +230,25 @@ def test_the_tuned_setting_is_a_search_over_runs_of_its_own(tmp_path, load_scrip
     assert "### Search of `mbls` tuned, seed 1 (validation)" in lines
     assert "| 4 | 61.00 | 5.00 | 4.00 | 1.0000 | " in next(line for line in lines if line.startswith("| 4 |"))
     assert any("**yes** | `candidates/mbls-margin4-seed1` |" in line for line in lines)
-    assert any("The search trained 3 candidates" in line for line in lines)
+    total = sum(row["time_s"] for row in rows) / 60
+    assert f"3 candidates, {total:.0f} min of training in all (1 of them rows of the table above" in lines[-1]
+    assert record["git_commit"] and record["launcher"] == f"{sys.executable} {script}"
+
+    # every candidate stored, the tuned file gone: a dry run says what it would choose and writes nothing
+    (results / "cnn" / "mbls-tuned-seed1.json").unlink()
+    study.main([*tuned, "--dry_run"])
+    assert "would choose candidates/mbls-margin4-seed1 among 3" in capsys.readouterr().out
+    assert not (results / "cnn" / "mbls-tuned-seed1.json").exists()
+    # a search with another budget finds this one's candidates under the same names: an error, not a reuse
+    with pytest.raises(ValueError, match="other recipe arguments"):
+        study.main([*tuned, "--num_train_epochs", "3"])
+    # a finished search asked again with another grid or rule: an error, not a silent skip
+    study.main(tuned)
+    with pytest.raises(ValueError, match="is a search with grid"):
+        study.main([*common, "--settings", "tuned", "--search_grid=mbls:margin=2,4"])
+    with pytest.raises(ValueError, match="is a search with grid"):
+        study.main([*tuned, "--max_accuracy_drop", "1"])
+    assert len((tmp_path / "calls.txt").read_text().split()) == 3
 
 
 def test_a_stored_run_is_a_candidate_only_with_the_same_arguments_and_the_rules_numbers(tmp_path, load_script):
@@ -248,6 +266,10 @@ def test_a_stored_run_is_a_candidate_only_with_the_same_arguments_and_the_rules_
     assert study.find_trained(regime, "mbls", 1, [*args, "--output_dir=x", "--margin=4"]) is None
     assert study.find_trained(regime, "mbls", 2, [*args, "--output_dir=x"]) is None  # another seed
     assert study.find_trained(regime, "mbls", 1, [*args[:2], "--num_train_epochs=5"]) is None  # another budget
+    # another launcher (e.g. two processes): another training
+    assert study.find_trained(regime, "mbls", 1, [*args, "--output_dir=x"], launcher="accelerate launch") is None
+    with pytest.raises(ValueError, match="as --margin=VALUE"):
+        study.split_hparams(["--margin", "4"], "mbls")
     assert study.split_hparams(["--margin=4", "--x=1", "--output_dir=o", "--margin=6"], "mbls") == (
         ["--x=1"],
         {"margin": 6.0, "alpha": 0.1},
@@ -275,8 +297,10 @@ def test_validation_size_of_a_run_recorded_without_it(tmp_path, load_script):
         (["--settings", "tuned", "--search_grid=mbls:gamma=1"], "cannot vary"),
         (["--settings", "tuned", "--search_grid=mbls:margin=1", "--search_grid=mbls:margin=2"], "twice"),
         (["--search_grid=mbls:margin=1"], "add `--settings tuned`"),
-        (["--settings", "tuned", "--selection_metric", "auc"], "`--selection_metric`"),
-        (["--settings", "tuned", "--max_accuracy_drop", "-1"], "`--max_accuracy_drop`"),
+        (["--settings", "tuned", "--selection_metric", "auc"], "`selection_metric` must be one of"),
+        (["--settings", "tuned", "--max_accuracy_drop", "-1"], r"`max_accuracy_drop` must be .* in \[0, 100\]"),
+        (["--settings", "tuned", "--max_accuracy_drop", "101"], r"`max_accuracy_drop` must be .* in \[0, 100\]"),
+        (["--settings", "tuned", "--search_grid=ls:ls_epsilon=0.1"], "not in --losses"),
     ],
 )
 def test_bad_search_arguments_fail_before_training(tmp_path, load_script, bad, match):
