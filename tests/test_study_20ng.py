@@ -347,3 +347,16 @@ def test_gpu_carry_round_trip(tmp_path, load_script):
     save_file({"big": torch.tensor([1e5, 1.0])}, model / "model.safetensors")  # 1e5 > float16's maximum, 65504
     with pytest.raises(ValueError, match="`model_dir`.*float16"):
         carry_module.pack(data, model, tmp_path / "carry2")
+
+
+def test_logit_distances_and_their_table(tmp_path, load_script):
+    study = load_script("benchmarks/study_20ng.py")
+    logits = np.array([[3.0, 1.0, -9.0], [0.0, 5.0, 4.5]])
+    # row 0: top 3 -> distances 2 and 12; row 1: top 5 -> distances 5 and 0.5
+    assert sorted(study.logit_distances(logits)) == [0.5, 2.0, 5.0, 12.0]
+    run = {"logits": logits}
+    lines = study.distance_report({("mbls", "default"): [run, run]})
+    row = next(line for line in lines if line.startswith("| mbls | default |"))
+    d = np.array([0.5, 2.0, 5.0, 12.0])
+    expected = [*np.percentile(d, [10, 50, 90]), 25.0, 50.0]  # 1 of 4 above 10, 2 of 4 above 4
+    assert row == "| mbls | default | " + " | ".join(f"{v:.1f}" for v in expected) + " |"
