@@ -32,7 +32,7 @@ Settings: `default` (the reference hyper-parameters; `--variant NAME --recipe_ar
 its own) and `tuned` (`--settings tuned`): the recipe's validation search (`--search_hparams`: the loss's grid, or
 `--search_grid LOSS:GRID`; the rule of `mbls_nlp.hparam_search.select_candidate`, `--max_accuracy_drop` and
 `--selection_metric` as in the recipe) with each candidate a run of its own under `<regime>/candidates/`, so that a
-search resumes run by run and the chosen candidate is not trained a second time. A stored run with the same recipe
+search resumes run by run (the recipe's search is one call: stopped, it starts over). A stored run with the same recipe
 arguments and launcher (the default run, a variant run) is a candidate already trained: a run trained by code that
 has changed since must leave the regime's folder (`superseded/`), as a record compares arguments, not code (each
 record keeps the commit that trained it, `git_commit`). Once every candidate has finished,
@@ -383,10 +383,10 @@ def run_recipe(args, regime, name, label, loss, seed, recipe, output_dir: Path, 
 # ---- the tuned setting: a validation search whose candidates are runs of their own ----
 #
 # The recipe's `--search_hparams` trains every candidate of a grid in one call, chooses with
-# `mbls_nlp.hparam_search.select_candidate` on validation and trains the chosen one again (same seed: the same model
-# on a deterministic device). The study does the same search with each candidate as a run of its own: resumable run
-# by run (a search of 4 MiniLM candidates takes 5 hours here), no second training of the chosen one, and a stored
-# run with the same arguments (the default run, a --variant run) is a candidate already trained. The choice is the
+# `mbls_nlp.hparam_search.select_candidate` on validation and tests the chosen candidate's trained model. The study
+# does the same search with each candidate as a run of its own: resumable run by run (a search of 4 MiniLM
+# candidates takes 5 hours here), and a stored run with the same arguments (the default run, a --variant run) is a
+# candidate already trained. The choice is the
 # recipe's rule on the same validation numbers (the last per-epoch evaluation, which is what the recipe's search
 # reads); test data never enters it.
 

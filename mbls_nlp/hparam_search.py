@@ -13,9 +13,13 @@ import csv
 import itertools
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
+from transformers import TrainerCallback, TrainerState
 
 from .losses import LOSS_REGISTRY, build_loss
 
@@ -84,9 +88,9 @@ class SearchArguments:
         metadata={
             "help": "Choose the loss's hyper-parameters on validation before the final run: train every candidate of "
             "--search_grid, keep those whose validation accuracy is not significantly below the best one's (see "
-            "--max_accuracy_drop), choose the lowest validation --selection_metric among them, then train it again, "
-            "fit the temperature and test it (test data never enters the choice). Writes search.md and search.csv. "
-            "Needs optuna (pip install 'mbls-nlp[search]')."
+            "--max_accuracy_drop), choose the lowest validation --selection_metric among them, then fit the "
+            "temperature on that candidate's trained model and test it (test data never enters the choice; see "
+            "--search_keep_models). Writes search.md and search.csv. Needs optuna (pip install 'mbls-nlp[search]')."
         },
     )
     search_grid: str | None = field(
@@ -111,6 +115,16 @@ class SearchArguments:
             "help": "Validation metric that chooses among the kept candidates, lowest wins: dce (the debiased "
             "calibration error of Kumar et al. 2019, not inflated by the sampling noise of a small validation set "
             "as the binned ECE is; ties broken by NLL), nll, or ece (the binned ECE, the rule before issue 15)."
+        },
+    )
+
+    search_keep_models: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep each candidate's trained model on disk (output_dir/search_models, deleted once one is "
+            "chosen) and go on with the chosen one: the model whose validation numbers chose it, with no second "
+            "training. False: store nothing and train the chosen candidate again (same seed: the same model on a "
+            "deterministic device; one more training)."
         },
     )
 
@@ -143,11 +157,16 @@ class SearchResult:
             `eval_dce`, `eval_nll`, `eval_samples` (the number of validation examples), `time_s` and `chosen`.
         chosen_index (`int` or `None`): index of the chosen row; `None` when the loss has nothing to search (no rows,
             nothing trained).
+        train_metrics (`dict` or `None`): with `keep_models=True`, the chosen candidate's training metrics (what
+            `trainer.train()` returns as `.metrics`: `train_loss`, `train_runtime`, ...); the trainer then holds
+            that candidate's trained model, training history and loss state. `None` when the chosen candidate is
+            to be trained again.
     """
 
     chosen: dict[str, float]
     rows: list[dict[str, Any]]
     chosen_index: int | None
+    train_metrics: dict[str, float] | None = None
 
     def summary(self, prefix: str = "search_") -> dict[str, float]:
         """Flat numbers for `all_results.json`: the chosen values, the candidate count and the search's time."""
@@ -297,6 +316,56 @@ def select_candidate(
     return min(eligible, key=lambda i: (rows[i][metric], i))
 
 
+#: Folder (under the search's output folder) where each candidate's trained model waits until one is chosen.
+SEARCH_MODELS_DIR = "search_models"
+
+
+class _KeepCandidates(TrainerCallback):
+    """Stores each candidate's trained model, training state and loss state at the end of its training (main
+    process), and puts the chosen one's back into the trainer ([`restore`])."""
+
+    def __init__(self, trainer, folder: str):
+        self.trainer, self.folder = trainer, folder
+
+    def _trial_dir(self, number: int) -> str:
+        return os.path.join(self.folder, f"trial-{number}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        trial = self.trainer._trial
+        if trial is None or not args.should_save:
+            return
+        folder = self._trial_dir(trial.number)
+        os.makedirs(folder, exist_ok=True)
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)  # this trial's, as `save_model` saves it
+        weights = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+        torch.save(weights, os.path.join(folder, "model.pt"))
+        state.save_to_json(os.path.join(folder, "trainer_state.json"))
+        loss = {"loss": self.trainer.loss_fn.state_dict(), "scheduled_epochs": self.trainer._scheduled_epochs}
+        torch.save(loss, os.path.join(folder, "loss.pt"))
+
+    def restore(self, number: int) -> dict[str, float]:
+        """Load candidate `number` into the trainer (every process), delete the stored candidates, and return the
+        candidate's training metrics (the last log of its training, as `trainer.train()` returns them)."""
+        trainer = self.trainer
+        trainer.accelerator.wait_for_everyone()  # the main process has written the files
+        folder = self._trial_dir(number)
+        model = trainer.call_model_init()
+        model.load_state_dict(torch.load(os.path.join(folder, "model.pt"), map_location="cpu", weights_only=True))
+        if trainer.place_model_on_device:
+            model = model.to(trainer.args.device)
+        trainer.model = trainer.model_wrapped = model
+        trainer.state = TrainerState.load_from_json(os.path.join(folder, "trainer_state.json"))
+        loss = torch.load(os.path.join(folder, "loss.pt"), map_location="cpu", weights_only=True)
+        trainer.loss_fn.load_state_dict(loss["loss"])
+        trainer._scheduled_epochs = loss["scheduled_epochs"]
+        last = trainer.state.log_history[-1]  # Trainer's log of its training metrics, then what train() returns
+        metrics = {key: value for key, value in last.items() if key not in ("step", "total_flos")}
+        trainer.accelerator.wait_for_everyone()  # every process has read them
+        if trainer.args.should_save:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        return metrics
+
+
 def search_calibration_hparams(
     trainer,
     grid: str | dict | None = None,
@@ -304,6 +373,7 @@ def search_calibration_hparams(
     max_accuracy_drop: float | None = None,
     selection_metric: str = "dce",
     output_dir: str | os.PathLike | None = None,
+    keep_models: bool = True,
 ) -> SearchResult:
     """Grid-search the loss's hyper-parameters of a `CalibrationTrainer` on its `eval_dataset`.
 
@@ -311,9 +381,15 @@ def search_calibration_hparams(
     seed and budget), records each candidate's validation metrics, chooses with [`select_candidate`], writes
     `search.md` and `search.csv` (every candidate, the chosen one marked) to `output_dir` (default
     `trainer.args.output_dir`, main process only) and sets the chosen values on `trainer.args` (rebuilding the loss).
-    The chosen candidate is not kept: train it again with `trainer.train()` (same seed, so the same model on a
-    deterministic device), then fit the temperature and test it. A loss with nothing to search (an empty grid, e.g.
-    `ce`) trains nothing here: the result has no rows and `search.md` says so.
+
+    With `keep_models=True` (the default) the trainer ends holding the chosen candidate as trained: its weights,
+    `trainer.state` (the per-epoch history) and the loss's state (an alpha schedule, CALS multipliers), so the
+    model whose validation numbers were chosen is the one to fit the temperature on and test, without a second
+    training (on a non-deterministic device a second training would give another model). Each candidate's weights
+    wait in `<output_dir>/search_models/` (one copy of the model per candidate on disk, deleted once one is chosen).
+    With `keep_models=False` nothing is stored: train the chosen candidate again with `trainer.train()` (same
+    seed: the same model on a deterministic device). A loss with nothing to search (an empty grid, e.g. `ce`) trains
+    nothing here: the result has no rows and `search.md` says so.
 
     `hyperparameter_search`'s own best run optimises one objective; the rule here needs every candidate's accuracy
     and calibration, so the objective (the validation `selection_metric`) is only reported to optuna and the
@@ -327,6 +403,8 @@ def search_calibration_hparams(
         selection_metric (`str`, *optional*, defaults to `"dce"`): the validation metric that chooses, one of
             `SELECTION_METRICS`.
         output_dir (`str`, *optional*): where to write `search.md` and `search.csv`.
+        keep_models (`bool`, *optional*, defaults to `True`): leave the chosen candidate's trained model in the
+            trainer (see above) instead of training it again.
 
     Returns:
         [`SearchResult`]
@@ -342,6 +420,8 @@ def search_calibration_hparams(
     if trainer.eval_dataset is None:
         raise ValueError("The search chooses on validation: build the trainer with `eval_dataset=`.")
     _check_rule(max_accuracy_drop, selection_metric)
+    if not isinstance(keep_models, bool):
+        raise TypeError(f"`keep_models` must be True or False, got {keep_models!r}.")
     args = trainer.args
     grid = parse_search_grid(grid, args.loss_type)
     if not grid:  # nothing to choose: training a candidate would only repeat the final training run
@@ -374,14 +454,22 @@ def search_calibration_hparams(
 
     sampler = optuna.samplers.GridSampler({n: list(v) for n, v in grid.items()}, seed=args.seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    trainer.hyperparameter_search(
-        hp_space=hp_space,
-        compute_objective=compute_objective,
-        n_trials=len(candidates),
-        direction="minimize",
-        backend="optuna",
-        sampler=sampler,
-    )
+    models_dir = os.path.join(output_dir or args.output_dir, SEARCH_MODELS_DIR)
+    keeper = _KeepCandidates(trainer, models_dir) if keep_models else None
+    if keeper is not None:
+        trainer.add_callback(keeper)
+    try:
+        trainer.hyperparameter_search(
+            hp_space=hp_space,
+            compute_objective=compute_objective,
+            n_trials=len(candidates),
+            direction="minimize",
+            backend="optuna",
+            sampler=sampler,
+        )
+    finally:
+        if keeper is not None:
+            trainer.remove_callback(keeper)
     # Rows in grid order whatever order the sampler drew them in.
     by_params = {tuple(row[name] for name in grid): row for row in results.values()}
     missing = [c for c in candidates if tuple(c.values()) not in by_params]
@@ -395,7 +483,12 @@ def search_calibration_hparams(
     for name, value in chosen.items():
         setattr(args, name, value)
     trainer.rebuild_loss()
-    result = SearchResult(chosen=chosen, rows=rows, chosen_index=chosen_index)
+    trainer._trial = None  # Trainer leaves the last trial set; what follows is no trial
+    train_metrics = None
+    if keeper is not None:
+        trial = next(number for number, row in results.items() if row is rows[chosen_index])
+        train_metrics = keeper.restore(trial)
+    result = SearchResult(chosen=chosen, rows=rows, chosen_index=chosen_index, train_metrics=train_metrics)
     if trainer.is_world_process_zero():
         write_search_tables(
             result, list(grid), output_dir or args.output_dir, args.loss_type, max_accuracy_drop, selection_metric

@@ -562,15 +562,19 @@ def train_calibrate_and_test(
     args = trainer.args
     names = ("test_n_bootstrap", "calibration_confidence", "seed")  # fail before training, not after it
     _check_bootstrap(test_n_bootstrap, args.calibration_confidence, args.seed, names=names)
-    search = {}
+    search, train_metrics = {}, None
     if search_args is not None and search_args.search_hparams:
-        search = search_calibration_hparams(
+        found = search_calibration_hparams(
             trainer,
             search_args.search_grid,
             max_accuracy_drop=search_args.max_accuracy_drop,
             selection_metric=search_args.selection_metric,
-        ).summary()
-    train_result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+            keep_models=search_args.search_keep_models,
+        )
+        search, train_metrics = found.summary(), found.train_metrics
+    if train_metrics is None:
+        train_metrics = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint).metrics
+    # else the search left its chosen candidate in the trainer, trained: the model whose validation numbers chose it
     trainer.temperature = None  # the validation logits below are those of the trained model, unscaled
     validation_output = trainer.predict(validation_dataset, metric_key_prefix="validation")  # validation, once
     trainer.fit_temperature(predictions=validation_output)
@@ -591,7 +595,7 @@ def train_calibrate_and_test(
     # of the numbers needs for their noise (a validation accuracy's standard error, the search's accuracy test).
     splits = {"train": trainer.train_dataset, "validation": validation_dataset, "test": test_dataset}
     sizes = {f"{split}_samples": len(data) for split, data in splits.items() if hasattr(data, "__len__")}
-    results = {**train_result.metrics, **search, **validation, **test, **sizes, "temperature": trainer.temperature}
+    results = {**train_metrics, **search, **validation, **test, **sizes, "temperature": trainer.temperature}
     reason = learned_something(
         test["test_accuracy"], int(_logits(test_output.predictions).shape[-1]), _final_train_loss(trainer)
     )

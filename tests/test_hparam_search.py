@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from trainer_utils import sequence_dataset, tiny_sequence_classifier
 
 from mbls_nlp import CalibrationConfig, CalibrationTrainer
@@ -228,6 +229,67 @@ def test_search_trains_each_candidate_with_its_own_loss(tmp_path, monkeypatch):
     assert table.count("**yes**") == 1
 
 
+def _weights(model):
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("loss_type, grid", [("ls", "ls_epsilon=0.0,0.3"), ("cals", "cals_margin=2,20")])
+def test_the_kept_candidate_is_the_model_a_second_training_gives(tmp_path, monkeypatch, loss_type, grid):
+    # keep_models=True (the default) leaves the chosen candidate in the trainer: the same weights, training history,
+    # loss state (CALS multipliers) and training metrics as training it again, which keep_models=False needs.
+    trainings = []
+    train = CalibrationTrainer.train
+
+    def counting_train(self, *args, **kwargs):
+        trainings.append(kwargs.get("trial"))
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(CalibrationTrainer, "train", counting_train)
+    epoch = {"eval_strategy": "epoch", "logging_strategy": "epoch"}
+    kept = search_trainer(tmp_path / "kept", loss_type, **epoch)
+    result = search_calibration_hparams(kept, grid, max_accuracy_drop=100.0, selection_metric="ece")
+    assert len(trainings) == 2 and result.train_metrics is not None  # one training per candidate, none more
+    assert not (tmp_path / "kept" / "search_models").exists()  # the stored candidates are deleted
+    assert kept._trial is None
+
+    again = search_trainer(tmp_path / "again", loss_type, **epoch)
+    other = search_calibration_hparams(again, grid, max_accuracy_drop=100.0, selection_metric="ece", keep_models=False)
+    assert other.train_metrics is None and other.chosen == result.chosen
+    metrics = again.train().metrics
+    assert len(trainings) == 5  # two candidates, then the chosen one a second time
+
+    kept_weights, again_weights = _weights(kept.model), _weights(again.model)
+    assert kept_weights.keys() == again_weights.keys()
+    assert all(torch.equal(kept_weights[name], again_weights[name]) for name in kept_weights)
+
+    def history(trainer):  # the per-epoch numbers the recipe saves in trainer_state.json, timings left out
+        timing = ("_runtime", "_per_second")
+        return [{k: v for k, v in e.items() if not k.endswith(timing)} for e in trainer.state.log_history]
+
+    assert history(kept) == history(again) and any("eval_ece" in entry for entry in history(kept))
+    assert kept.state.global_step == again.state.global_step
+    assert result.train_metrics.keys() == metrics.keys()
+    assert result.train_metrics["train_loss"] == pytest.approx(metrics["train_loss"], rel=1e-6)
+
+    def same(a, b):  # a loss state: tensors, numbers and dicts of them (the CALS multipliers after the last epoch)
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+    assert same(kept.loss_fn.state_dict(), again.loss_fn.state_dict())
+    assert kept._scheduled_epochs == again._scheduled_epochs
+    # the kept model is the one whose validation numbers chose it
+    chosen_row = result.rows[result.chosen_index]
+    evaluation = kept.evaluate()
+    assert evaluation["eval_accuracy"] == chosen_row["eval_accuracy"]
+    assert evaluation["eval_ece"] == pytest.approx(chosen_row["eval_ece"], abs=1e-9)
+
+
+def test_keep_models_must_be_a_bool(tmp_path):
+    with pytest.raises(TypeError, match="`keep_models` must be True or False"):
+        search_calibration_hparams(search_trainer(tmp_path, "ls"), keep_models="yes")
+
+
 def test_search_without_free_hyperparameters_trains_nothing(tmp_path):
     trainer = search_trainer(tmp_path, "ce")
     calls = []
@@ -311,7 +373,8 @@ def test_recipe_search_selects_by_the_rule_and_tests_once(tmp_path, monkeypatch,
             "--selection_metric=ece",
         ]
     )
-    assert predictions == [("test", 60)]
+    # validation once (the temperature's fit), test once; the chosen candidate is the search's model, not retrained
+    assert predictions == [("validation", 100), ("test", 60)]
 
     with open(tmp_path / "search.csv") as handle:
         rows = [{k: float(v) if k != "chosen" else v == "True" for k, v in r.items()} for r in csv.DictReader(handle)]
@@ -325,6 +388,7 @@ def test_recipe_search_selects_by_the_rule_and_tests_once(tmp_path, monkeypatch,
     saved = json.loads((tmp_path / "all_results.json").read_text())
     assert (saved["search_margin"], saved["search_alpha"]) == (rows[expected]["margin"], rows[expected]["alpha"])
     assert saved["search_candidates"] == 4
+    assert not (tmp_path / "search_models").exists()  # the candidates' stored models are gone once one is chosen
     assert results["validation_ece"] == pytest.approx(rows[expected]["eval_ece"], abs=1e-6)
     for key in ("test_accuracy", "test_ece", "test_ts_ece", "temperature"):
         assert key in saved
@@ -355,3 +419,40 @@ def test_compare_losses_table_lists_the_chosen_values_and_the_search_cost(tmp_pa
     assert lines[2].endswith("| (none) | 0 | 0 |")
     assert lines[3].endswith("| margin=4, alpha=0.5 | 18 | 900 |")
     assert csv_path.read_text().splitlines()[2].endswith('"margin=4, alpha=0.5",18,900')
+
+
+def test_the_protocol_tests_the_kept_candidate_without_a_second_training(tmp_path, monkeypatch):
+    from mbls_nlp.protocol import train_calibrate_and_test
+
+    trainings = []
+    train = CalibrationTrainer.train
+
+    def counting_train(self, *args, **kwargs):
+        trainings.append(kwargs.get("trial"))
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(CalibrationTrainer, "train", counting_train)
+    trainer = search_trainer(tmp_path, "ls", eval_strategy="epoch", logging_strategy="epoch")
+    search = SearchArguments(search_hparams=True, search_grid="ls_epsilon=0.0,0.3", max_accuracy_drop=100.0,
+                             selection_metric="ece")  # fmt: skip
+    output = train_calibrate_and_test(trainer, trainer.eval_dataset, sequence_dataset(20, seed=2), search)
+    assert len(trainings) == 2 and all(trial is not None for trial in trainings)  # the candidates only
+    results = output.metrics
+    rows = list(csv.DictReader(open(tmp_path / "search.csv")))
+    chosen = next(row for row in rows if row["chosen"] == "True")
+    assert results["search_ls_epsilon"] == float(chosen["ls_epsilon"]) and results["search_candidates"] == 2
+    # validation is the search's eval set: the final model's validation numbers are the chosen candidate's
+    assert results["validation_ece"] == pytest.approx(float(chosen["eval_ece"]), abs=1e-9)
+    assert results["validation_accuracy"] == float(chosen["eval_accuracy"])
+    assert results["train_loss"] > 0 and results["epoch"] == 2.0
+    state = json.loads((tmp_path / "trainer_state.json").read_text())  # the chosen candidate's per-epoch history
+    assert [e["epoch"] for e in state["log_history"] if "eval_ece" in e] == [1.0, 2.0]
+    # the saved model is the kept one: its test logits reloaded from disk equal the protocol's test predictions
+    from transformers import AutoModelForSequenceClassification
+
+    saved = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    batch = sequence_dataset(20, seed=2)
+    with torch.no_grad():
+        logits = saved(input_ids=torch.tensor(batch["input_ids"])).logits
+    expected = torch.tensor(output.test_predictions.predictions) / trainer.temperature
+    assert torch.allclose(logits, expected, atol=1e-5)
