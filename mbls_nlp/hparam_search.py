@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import math
 import os
 import shutil
@@ -321,14 +322,24 @@ SEARCH_MODELS_DIR = "search_models"
 
 
 class _KeepCandidates(TrainerCallback):
-    """Stores each candidate's trained model, training state and loss state at the end of its training (main
-    process), and puts the chosen one's back into the trainer ([`restore`])."""
+    """Stores each candidate's trained model, training state, loss state and training metrics at the end of its
+    training (main process), and puts the chosen one's back into the trainer ([`restore`])."""
 
     def __init__(self, trainer, folder: str):
         self.trainer, self.folder = trainer, folder
+        self._train_metrics: dict | None = None
 
     def _trial_dir(self, number: int) -> str:
         return os.path.join(self.folder, f"trial-{number}")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._train_metrics = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # Trainer logs its training metrics once, at the end: the dict `train()` returns as `.metrics` (the same
+        # object, which a PrinterCallback edits in place, so its final contents are read at on_train_end).
+        if logs is not None and "train_runtime" in logs:
+            self._train_metrics = logs
 
     def on_train_end(self, args, state, control, **kwargs):
         trial = self.trainer._trial
@@ -336,33 +347,53 @@ class _KeepCandidates(TrainerCallback):
             return
         folder = self._trial_dir(trial.number)
         os.makedirs(folder, exist_ok=True)
+        if self._train_metrics is None:  # stopped before the end of its training (e.g. by an optuna pruner)
+            return
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)  # this trial's, as `save_model` saves it
         weights = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
         torch.save(weights, os.path.join(folder, "model.pt"))
         state.save_to_json(os.path.join(folder, "trainer_state.json"))
         loss = {"loss": self.trainer.loss_fn.state_dict(), "scheduled_epochs": self.trainer._scheduled_epochs}
         torch.save(loss, os.path.join(folder, "loss.pt"))
+        with open(os.path.join(folder, "train_metrics.json"), "w") as handle:
+            json.dump(self._train_metrics, handle)  # written last: a complete candidate
+
+    def discard(self) -> None:
+        """Delete the stored candidates (main process), e.g. after a failed search."""
+        if self.trainer.args.should_save:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def restore(self, number: int) -> dict[str, float]:
         """Load candidate `number` into the trainer (every process), delete the stored candidates, and return the
-        candidate's training metrics (the last log of its training, as `trainer.train()` returns them)."""
+        candidate's training metrics (what `trainer.train()` returned as `.metrics`)."""
         trainer = self.trainer
         trainer.accelerator.wait_for_everyone()  # the main process has written the files
         folder = self._trial_dir(number)
+        if not os.path.isfile(os.path.join(folder, "train_metrics.json")):
+            raise RuntimeError(f"The chosen candidate (trial {number}) did not finish its training; nothing to keep.")
+        # Drop the last trial's prepared model, optimizer and scheduler on every process (the search frees them on
+        # the main process only), so that evaluation prepares the restored model alike on every process.
+        trainer.accelerator.free_memory()
+        trainer.optimizer = trainer.lr_scheduler = None
         model = trainer.call_model_init()
         model.load_state_dict(torch.load(os.path.join(folder, "model.pt"), map_location="cpu", weights_only=True))
         if trainer.place_model_on_device:
             model = model.to(trainer.args.device)
         trainer.model = trainer.model_wrapped = model
-        trainer.state = TrainerState.load_from_json(os.path.join(folder, "trainer_state.json"))
+        for attribute in ("model", "optimizer", "lr_scheduler"):
+            setattr(trainer.callback_handler, attribute, getattr(trainer, attribute))
+        state = TrainerState.load_from_json(os.path.join(folder, "trainer_state.json"))
+        state.is_world_process_zero = trainer.is_world_process_zero()  # the file is the main process's
+        state.is_local_process_zero = trainer.is_local_process_zero()
+        state.is_hyper_param_search, state.trial_name, state.trial_params = False, None, None
+        trainer.state = state
         loss = torch.load(os.path.join(folder, "loss.pt"), map_location="cpu", weights_only=True)
         trainer.loss_fn.load_state_dict(loss["loss"])
         trainer._scheduled_epochs = loss["scheduled_epochs"]
-        last = trainer.state.log_history[-1]  # Trainer's log of its training metrics, then what train() returns
-        metrics = {key: value for key, value in last.items() if key not in ("step", "total_flos")}
+        with open(os.path.join(folder, "train_metrics.json")) as handle:
+            metrics = json.load(handle)
         trainer.accelerator.wait_for_everyone()  # every process has read them
-        if trainer.args.should_save:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        self.discard()
         return metrics
 
 
@@ -466,7 +497,14 @@ def search_calibration_hparams(
             direction="minimize",
             backend="optuna",
             sampler=sampler,
+            # No pruning: optuna's default MedianPruner would stop a candidate whose intermediate validation number
+            # is worse than the median of the earlier ones, and the rule needs every candidate's end-of-training row.
+            pruner=optuna.pruners.NopPruner(),
         )
+    except BaseException:
+        if keeper is not None:
+            keeper.discard()
+        raise
     finally:
         if keeper is not None:
             trainer.remove_callback(keeper)

@@ -1,11 +1,12 @@
 """What every recipe shares: the data arguments, the parsing, and the evaluation protocol, written once.
 
-The protocol ([`train_calibrate_and_test`]): optionally choose the loss's hyper-parameters on validation, train,
-predict validation once and fit the temperature on it, test once, with and without the temperature, flag a model that
-did not learn, save the model with the temperature folded into its head (so plain transformers gives calibrated
-probabilities), and write `all_results.json`, `results.md` and a model card. A recipe holds only what is specific to
-its modality (model, preprocessing, its defaults per model kind); like trl's `ScriptArguments`, the shared script
-dataclass [`DataArguments`] lives here so that each recipe extends it with its modality's fields.
+The protocol ([`train_calibrate_and_test`]): train, or choose the loss's hyper-parameters on validation (keeping the
+chosen candidate's trained model), predict validation once and fit the temperature on it, test once, with and without
+the temperature, flag a model that did not learn, save the model with the temperature folded into its head (so plain
+transformers gives calibrated probabilities), and write `all_results.json`, `results.md` and a model card. A recipe
+holds only what is specific to its modality (model, preprocessing, its defaults per model kind); like trl's
+`ScriptArguments`, the shared script dataclass [`DataArguments`] lives here so that each recipe extends it with its
+modality's fields.
 """
 
 from __future__ import annotations
@@ -522,8 +523,9 @@ def train_calibrate_and_test(
     test_n_bootstrap: int = 0,
 ) -> ProtocolOutput:
     r"""
-    The evaluation protocol of the recipes, in order: choose the loss's hyper-parameters on validation (only with
-    `search_args.search_hparams`), train, predict validation once and fit the temperature on those logits, predict
+    The evaluation protocol of the recipes, in order: train, or with `search_args.search_hparams` choose the loss's
+    hyper-parameters on validation and go on with the chosen candidate's trained model (or train it again with
+    `search_args.search_keep_models=False`), predict validation once and fit the temperature on those logits, predict
     test once (the test data enters only here), flag a model that did not learn ([`learned_something`]), save the
     model with the temperature folded into its classification head (see [`~mbls_nlp.temperature.fold_temperature`];
     a model without a linear head is saved unfolded, with a warning), and write `all_results.json`, `results.md`
@@ -564,6 +566,14 @@ def train_calibrate_and_test(
     _check_bootstrap(test_n_bootstrap, args.calibration_confidence, args.seed, names=names)
     search, train_metrics = {}, None
     if search_args is not None and search_args.search_hparams:
+        if search_args.search_keep_models and args.resume_from_checkpoint:
+            raise ValueError(
+                "`resume_from_checkpoint` continues one training, but a search trains its candidates from the start "
+                "and keeps the chosen one (`search_keep_models=True`): drop `resume_from_checkpoint`, or pass "
+                "`search_keep_models=False` to resume the final training of the chosen candidate."
+            )
+        # An earlier run's checkpoints in output_dir: refused (or deleted) before the search, as train() would.
+        trainer._claim_output_dir(args.output_dir)
         found = search_calibration_hparams(
             trainer,
             search_args.search_grid,

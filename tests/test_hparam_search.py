@@ -178,18 +178,9 @@ def test_selection_rule_bad_input():
 
 
 def search_trainer(tmp_path, loss_type, **config):
-    args = CalibrationConfig(
-        output_dir=str(tmp_path),
-        loss_type=loss_type,
-        per_device_train_batch_size=8,
-        num_train_epochs=2,
-        learning_rate=0.05,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-        **config,
-    )
+    settings = dict(per_device_train_batch_size=8, num_train_epochs=2, learning_rate=0.05, report_to="none",
+                    save_strategy="no", disable_tqdm=True, seed=0)  # fmt: skip
+    args = CalibrationConfig(output_dir=str(tmp_path), loss_type=loss_type, **{**settings, **config})
     return CalibrationTrainer(
         model_init=lambda: tiny_sequence_classifier(seed=0),
         args=args,
@@ -251,6 +242,8 @@ def test_the_kept_candidate_is_the_model_a_second_training_gives(tmp_path, monke
     assert len(trainings) == 2 and result.train_metrics is not None  # one training per candidate, none more
     assert not (tmp_path / "kept" / "search_models").exists()  # the stored candidates are deleted
     assert kept._trial is None
+    assert not kept.state.is_hyper_param_search and kept.state.trial_params is None  # as a plain training's state
+    assert kept.state.is_world_process_zero
 
     again = search_trainer(tmp_path / "again", loss_type, **epoch)
     other = search_calibration_hparams(again, grid, max_accuracy_drop=100.0, selection_metric="ece", keep_models=False)
@@ -283,6 +276,50 @@ def test_the_kept_candidate_is_the_model_a_second_training_gives(tmp_path, monke
     evaluation = kept.evaluate()
     assert evaluation["eval_accuracy"] == chosen_row["eval_accuracy"]
     assert evaluation["eval_ece"] == pytest.approx(chosen_row["eval_ece"], abs=1e-9)
+
+
+def test_every_candidate_trains_to_the_end_no_pruning(tmp_path, monkeypatch):
+    # optuna's default MedianPruner stops a trial whose intermediate value is worse than the median of the earlier
+    # trials' (from the 6th trial on): the rule needs every candidate's end-of-training numbers.
+    epochs = []
+    train = CalibrationTrainer.train
+
+    def recording_train(self, *args, **kwargs):
+        out = train(self, *args, **kwargs)
+        epochs.append(self.state.epoch)
+        return out
+
+    monkeypatch.setattr(CalibrationTrainer, "train", recording_train)
+    trainer = search_trainer(tmp_path, "ls", eval_strategy="epoch", logging_strategy="epoch", num_train_epochs=3)
+    grid = "ls_epsilon=" + ",".join(str(v) for v in (0.0, 0.7, 0.1, 0.6, 0.2, 0.5, 0.3, 0.4))
+    result = search_calibration_hparams(trainer, grid, max_accuracy_drop=100.0, selection_metric="ece")
+    assert epochs == [3.0] * 8 and len(result.rows) == 8  # a pruned trial raises out of train(): not recorded
+
+
+def test_a_failed_search_leaves_no_stored_models(tmp_path, monkeypatch):
+    trainer = search_trainer(tmp_path, "ls", eval_strategy="epoch")
+    calls = []
+    evaluate = CalibrationTrainer.evaluate
+
+    def failing_evaluate(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the second candidate's first evaluation, after the first candidate was stored
+            raise RuntimeError("out of memory")
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(CalibrationTrainer, "evaluate", failing_evaluate)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        search_calibration_hparams(trainer, "ls_epsilon=0.0,0.3", max_accuracy_drop=100.0)
+    assert not (tmp_path / "search_models").exists()
+
+
+def test_resume_with_a_kept_search_is_refused(tmp_path):
+    from mbls_nlp.protocol import train_calibrate_and_test
+
+    trainer = search_trainer(tmp_path, "ls", resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
+    search = SearchArguments(search_hparams=True, search_grid="ls_epsilon=0.0,0.3")
+    with pytest.raises(ValueError, match="`resume_from_checkpoint` continues one training"):
+        train_calibrate_and_test(trainer, trainer.eval_dataset, sequence_dataset(8, seed=2), search)
 
 
 def test_keep_models_must_be_a_bool(tmp_path):
