@@ -265,12 +265,17 @@ def recipe_arguments(args: argparse.Namespace, regime: str, loss: str, seed: int
     raise ValueError(f"`--regimes` takes names from {REGIMES}, got {regime!r}.")
 
 
+def stored_records(regime_dir: Path) -> list[tuple[Path, dict]]:
+    """Every finished run of one regime's folder, its tuned setting's candidates included, as (path, record)."""
+    paths = sorted(regime_dir.glob("*.json")) + sorted((regime_dir / CANDIDATES_DIR).glob("*.json"))
+    return [(path, json.loads(path.read_text())) for path in paths]
+
+
 def longest_run_s(results_dir: Path) -> float | None:
     """The longest wall time of one training among the finished runs in `results_dir` (one regime's folder, its
     candidate runs included; a tuned record's time is its whole search's, so it does not count); None when there
     are none."""
-    records = [json.loads(path.read_text()) for path in results_dir.glob("*.json")]
-    records += [json.loads(path.read_text()) for path in (results_dir / CANDIDATES_DIR).glob("*.json")]
+    records = [record for _, record in stored_records(results_dir)]
     return max((r["wall_time_s"] for r in records if r["setting"] != "tuned"), default=None)
 
 
@@ -461,8 +466,7 @@ def find_trained(
 ) -> Path | None:
     """A stored run (a report row or a candidate) that trained what `recipe` would (see [`same_training`]) and has
     the validation numbers the rule needs; None when there is none."""
-    for path in sorted(regime_dir.glob("*.json")) + sorted((regime_dir / CANDIDATES_DIR).glob("*.json")):
-        record = json.loads(path.read_text())
+    for path, record in stored_records(regime_dir):
         if record["loss_type"] != loss or record["seed"] != seed or record["setting"] == "tuned":
             continue
         if not same_training(record, loss, recipe, launcher):

@@ -345,10 +345,10 @@ class _KeepCandidates(TrainerCallback):
         trial = self.trainer._trial
         if trial is None or not args.should_save:
             return
-        folder = self._trial_dir(trial.number)
-        os.makedirs(folder, exist_ok=True)
         if self._train_metrics is None:  # stopped before the end of its training (e.g. by an optuna pruner)
             return
+        folder = self._trial_dir(trial.number)
+        os.makedirs(folder, exist_ok=True)
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)  # this trial's, as `save_model` saves it
         weights = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
         torch.save(weights, os.path.join(folder, "model.pt"))

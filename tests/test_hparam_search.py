@@ -224,10 +224,8 @@ def _weights(model):
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("loss_type, grid", [("ls", "ls_epsilon=0.0,0.3"), ("cals", "cals_margin=2,20")])
-def test_the_kept_candidate_is_the_model_a_second_training_gives(tmp_path, monkeypatch, loss_type, grid):
-    # keep_models=True (the default) leaves the chosen candidate in the trainer: the same weights, training history,
-    # loss state (CALS multipliers) and training metrics as training it again, which keep_models=False needs.
+def count_trainings(monkeypatch) -> list:
+    """The `trial` of every `CalibrationTrainer.train` call from now on (None for a plain training)."""
     trainings = []
     train = CalibrationTrainer.train
 
@@ -236,6 +234,14 @@ def test_the_kept_candidate_is_the_model_a_second_training_gives(tmp_path, monke
         return train(self, *args, **kwargs)
 
     monkeypatch.setattr(CalibrationTrainer, "train", counting_train)
+    return trainings
+
+
+@pytest.mark.parametrize("loss_type, grid", [("ls", "ls_epsilon=0.0,0.3"), ("cals", "cals_margin=2,20")])
+def test_the_kept_candidate_is_the_model_a_second_training_gives(tmp_path, monkeypatch, loss_type, grid):
+    # keep_models=True (the default) leaves the chosen candidate in the trainer: the same weights, training history,
+    # loss state (CALS multipliers) and training metrics as training it again, which keep_models=False needs.
+    trainings = count_trainings(monkeypatch)
     epoch = {"eval_strategy": "epoch", "logging_strategy": "epoch"}
     kept = search_trainer(tmp_path / "kept", loss_type, **epoch)
     result = search_calibration_hparams(kept, grid, max_accuracy_drop=100.0, selection_metric="ece")
@@ -461,14 +467,7 @@ def test_compare_losses_table_lists_the_chosen_values_and_the_search_cost(tmp_pa
 def test_the_protocol_tests_the_kept_candidate_without_a_second_training(tmp_path, monkeypatch):
     from mbls_nlp.protocol import train_calibrate_and_test
 
-    trainings = []
-    train = CalibrationTrainer.train
-
-    def counting_train(self, *args, **kwargs):
-        trainings.append(kwargs.get("trial"))
-        return train(self, *args, **kwargs)
-
-    monkeypatch.setattr(CalibrationTrainer, "train", counting_train)
+    trainings = count_trainings(monkeypatch)
     trainer = search_trainer(tmp_path, "ls", eval_strategy="epoch", logging_strategy="epoch")
     search = SearchArguments(search_hparams=True, search_grid="ls_epsilon=0.0,0.3", max_accuracy_drop=100.0,
                              selection_metric="ece")  # fmt: skip
