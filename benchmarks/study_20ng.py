@@ -760,24 +760,33 @@ def logit_distances(logits: np.ndarray) -> np.ndarray:
 
 def distance_report(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
     """The test logits' distances from the top logit to the other classes, per loss and setting (mean over seeds):
-    where they sit against a margin, the mechanism MbLS and its successors act through."""
-    header = ["loss", "setting", "10th pct", "median", "90th pct", "share > 10 (%)", "share > 4 (%)"]
+    where they sit against a margin, the mechanism MbLS and its successors act through. For MbLS, also the distance
+    its loss drives a fitted example to (`mbls_nlp.losses.margin_optimum`)."""
+    from mbls_nlp.losses import margin_optimum
+
+    header = ["loss", "setting", "10th pct", "median", "90th pct", "share > 10 (%)", "share > 4 (%)", "MbLS optimum"]
     lines = [
         "",
         "### Test logit distances: top logit minus each other class's (mean over seeds)",
         "",
         "A margin `m` penalises distances above `m`; with K classes all at distance `m` the top probability is "
-        "`1 / (1 + (K - 1) e^-m)` (K = 20: 0.9991 at m = 10, 0.74 at m = 4).",
+        "`1 / (1 + (K - 1) e^-m)` (K = 20: 0.9991 at m = 10, 0.74 at m = 4). MbLS optimum: the distance its loss "
+        "drives a fitted example's logits to, `max(m, ln(K / alpha - K + 1))` for alpha < 1 (`margin_optimum`; "
+        "5.20 at alpha 0.1 for every margin below it).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
     for (loss, setting), members in groups.items():
-        stats = []
+        stats, optima = [], set()
         for run in members:
             d = logit_distances(run["logits"])
             stats.append([*np.percentile(d, [10, 50, 90]), 100 * np.mean(d > 10), 100 * np.mean(d > 4)])
+            if loss == "mbls" and "recipe_arguments" in run:
+                values = split_hparams(run["recipe_arguments"], "mbls")[1]
+                optima.add(round(margin_optimum(values["margin"], values["alpha"], run["logits"].shape[1]).gap, 2))
         cells = [f"{value:.1f}" for value in np.mean(stats, axis=0)]
+        cells.append(", ".join(f"{gap:.2f}" for gap in sorted(optima)) or "-")
         lines.append("| " + " | ".join([loss, setting, *cells]) + " |")
     return lines
 

@@ -28,7 +28,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,8 @@ __all__ = [
     "MMCELoss",
     "BrierLoss",
     "MarginLoss",
+    "MarginOptimum",
+    "margin_optimum",
     "ACLSLoss",
     "DualFocalLoss",
     "ClassAdaptiveLoss",
@@ -505,6 +507,10 @@ class MarginLoss(CalibrationLoss):
     (`_MarginCrossEntropy`) and equal autograd through the straightforward formula (tied maxima: the max's gradient
     goes to the first maximal index, `torch.argmax`; see `_MarginCrossEntropy`).
 
+    Choosing `margin` and `alpha`: the loss drives a fitted example's other logits to the distance
+    `max(margin, ln(K / alpha - K + 1))` below its label's (`margin_optimum`), so with `alpha = 0.1` and 20 classes
+    every margin under 5.2 ends at the same 5.2 (confidence 0.905), and a lower cap needs a larger `alpha`.
+
     Alpha schedule (opt-in, as the reference; call `schedule_alpha(epoch)` once at the end of every epoch):
     `""` nothing; `"add"` `alpha = min(alpha + mu, max_alpha)`; `"multiply"` `alpha = min(alpha * mu, max_alpha)`;
     `"step"` the multiply update only when `(epoch + 1) % step_size == 0`. The current `alpha` is saved in
@@ -579,6 +585,58 @@ class MarginLoss(CalibrationLoss):
     def extra_repr(self):
         sched = f", schedule={self.schedule!r}, mu={self.mu}" if self.schedule else ""
         return f"margin={self.margin}, alpha={self.alpha}{sched}, " + super().extra_repr()
+
+
+class MarginOptimum(NamedTuple):
+    """Where MbLS leaves the logits of one example that fit its label: see `margin_optimum`."""
+
+    gap: float
+    confidence: float
+
+
+def margin_optimum(margin: float, alpha: float, num_classes: int) -> MarginOptimum:
+    """The logit distance and confidence that MbLS (`MarginLoss`) drives one correctly fitted example towards.
+
+    Free logits `z` of one example with label `y` minimise `CE(z, y) + alpha * mean_k relu(z_y - z_k - margin)` (a
+    convex function) where every other class sits at the same distance `d = z_y - z_k` from the label's logit, and
+
+        d* = max(margin, ln(K / alpha - K + 1))   for alpha < 1;   d* = margin   for alpha >= 1,
+
+    with confidence `1 / (1 + (K - 1) e^-d*)` (`1 - alpha (K - 1) / K` at the balance point). Why: past the margin
+    each other logit is pulled in with a constant force `alpha / K`, while cross-entropy pushes it out with its
+    probability `e^-d / (1 + (K - 1) e^-d)`; the two balance at `ln(K / alpha - K + 1)`. Below that point the margin
+    no longer sets where the logits end: at `alpha = 0.1` and 20 classes every margin below 5.20 ends at 5.20
+    (confidence 0.905), and a lower cap needs a larger `alpha`. Above it the margin is the cap (margin 10: 0.9991). A
+    network does not reach this point on every example (cross-entropy's push fades like `e^-d`, so distances below
+    the margin approach it slowly); it is the most confidence the loss rewards, not a prediction of a model's
+    confidences.
+
+    Args:
+        margin (`float`): `MarginLoss`'s margin, `>= 0`; `inf` is cross-entropy (no finite optimum).
+        alpha (`float`): the penalty's weight, `>= 0`; `0` is cross-entropy.
+        num_classes (`int`): the number of classes `K`, `>= 2`.
+
+    Returns:
+        `MarginOptimum(gap, confidence)`: `d*` (`inf` for cross-entropy) and the label's softmax probability there.
+
+    Examples:
+
+    >>> from mbls_nlp.losses import margin_optimum
+    >>> [round(v, 4) for v in margin_optimum(10.0, 0.1, 20)]  # the paper's defaults: the margin is the cap
+    [10.0, 0.9991]
+    >>> [round(v, 4) for v in margin_optimum(2.0, 0.1, 20)]  # below ln(20 / 0.1 - 19) = 5.1985, alpha is the cap
+    [5.1985, 0.905]
+    >>> [round(v, 4) for v in margin_optimum(2.0, 0.5, 20)]
+    [3.0445, 0.525]
+    """
+    margin = check_real("margin", margin, allow_inf=True)
+    alpha = check_real("alpha", alpha)
+    num_classes = check_int("num_classes", num_classes, minimum=2)
+    if alpha == 0.0 or math.isinf(margin):
+        return MarginOptimum(math.inf, 1.0)
+    balance = math.log(num_classes / alpha - num_classes + 1) if alpha < 1.0 else -math.inf
+    gap = max(margin, balance)
+    return MarginOptimum(gap, 1.0 / (1.0 + (num_classes - 1) * math.exp(-gap)))
 
 
 def _row_blocks(n: int, c: int):

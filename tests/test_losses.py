@@ -491,6 +491,89 @@ def test_state_dict_rejects_bad_alpha():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# margin_optimum: where MbLS leaves one fitted example's logits (the study's "margins 2 and 4 end alike").
+# ---------------------------------------------------------------------------------------------------------------
+def _symmetric_logits(gap, k):
+    # label 0 at 0, every other class at -gap: the point margin_optimum names
+    return torch.cat([torch.zeros(1), torch.full((k - 1,), -gap)]).to(torch.float64)[None]
+
+
+def _largest_drop(loss_fn, z, generator, steps=(1e-2, 1e-3)):
+    """How far MarginLoss falls below its value at z along 400 random and the two symmetric directions (<= 0 at a
+    minimum, up to rounding)."""
+    y = torch.tensor([0])
+    base = loss_fn(z, y).item()
+    k = z.shape[1]
+    directions = torch.randn(400, k, generator=generator, dtype=torch.float64)
+    spread = torch.cat([torch.zeros(1), torch.ones(k - 1)]).to(torch.float64)  # all distances shrink together
+    directions = torch.cat([directions, spread[None], -spread[None]])
+    directions /= directions.norm(dim=1, keepdim=True)
+    drops = [base - loss_fn(z + eps * v[None], y).item() for eps in steps for v in directions]
+    return max(drops)
+
+
+@pytest.mark.parametrize(
+    "k, margin, alpha",
+    [(20, 10.0, 0.1), (20, 2.0, 0.1), (20, 4.0, 0.1), (20, 0.0, 0.1), (20, 2.0, 0.5), (5, 1.5, 1.0), (3, 0.5, 2.0)],
+)
+def test_margin_optimum_is_the_minimum_of_the_loss(k, margin, alpha):
+    # MbLS on one example is convex in its logits, so a point no direction descends from is the minimum. The balance
+    # point by hand (k=20, alpha=0.1): CE's push on each other logit e^-d / (1 + 19 e^-d) equals the pull 0.1 / 20
+    # when e^-d = 0.005 / (1 - 19 * 0.005) = 1 / 181, d = ln 181 = 5.1985; margins 2, 4, 0 end there, margin 10 at 10.
+    # (5, 1.5, 1.0) and (3, 0.5, 2.0): alpha >= 1 pulls at least as hard as CE ever pushes, so the margin is the cap.
+    loss_fn = MarginLoss(margin=margin, alpha=alpha)
+    optimum = L.margin_optimum(margin, alpha, k)
+    by_hand = {0.1: max(margin, math.log(181.0)), 0.5: math.log(21.0)}  # 0.5: ln(20 / 0.5 - 19), margin 2 below it
+    expected_gap = by_hand.get(alpha, margin)
+    assert optimum.gap == pytest.approx(expected_gap, rel=1e-12)
+    assert optimum.confidence == pytest.approx(1 / (1 + (k - 1) * math.exp(-expected_gap)), rel=1e-12)
+    g = torch.Generator().manual_seed(0)
+    assert _largest_drop(loss_fn, _symmetric_logits(optimum.gap, k), g) <= 1e-12
+    # the check can fail: 0.05 away from the optimum (here: the first-order approximation ln(K / alpha)) it descends
+    for wrong in (optimum.gap + 0.05, optimum.gap - 0.05, math.log(k / alpha)):
+        if abs(wrong - optimum.gap) > 1e-3 and wrong > 0:
+            assert _largest_drop(loss_fn, _symmetric_logits(wrong, k), g) > 1e-7, wrong
+
+
+@pytest.mark.parametrize("k, margin, alpha", [(20, 2.0, 0.1), (20, 0.0, 0.1), (20, 6.0, 0.1), (20, 2.0, 0.5)])
+def test_free_logits_trained_with_mbls_end_at_margin_optimum(k, margin, alpha):
+    # gradient-based training of one example's logits from a random start (L-BFGS, float64) with the fused kernel
+    torch.manual_seed(0)
+    z = torch.randn(1, k, dtype=torch.float64).requires_grad_()
+    y = torch.tensor([0])
+    loss_fn = MarginLoss(margin=margin, alpha=alpha)
+    opt = torch.optim.LBFGS(
+        [z], max_iter=1000, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe"
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(z, y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    distances = (z[0, 0] - z[0, 1:]).detach()
+    optimum = L.margin_optimum(margin, alpha, k)
+    assert distances.min().item() == pytest.approx(optimum.gap, abs=1e-4)
+    assert distances.max().item() == pytest.approx(optimum.gap, abs=1e-4)
+    assert torch.softmax(z.detach(), 1)[0, 0].item() == pytest.approx(optimum.confidence, abs=1e-5)
+
+
+def test_margin_optimum_of_cross_entropy_and_bad_arguments():
+    assert L.margin_optimum(math.inf, 0.1, 20) == (math.inf, 1.0)
+    assert L.margin_optimum(10.0, 0.0, 20) == (math.inf, 1.0)
+    with pytest.raises(ValueError, match="num_classes"):
+        L.margin_optimum(10.0, 0.1, 1)
+    with pytest.raises(TypeError, match="num_classes"):
+        L.margin_optimum(10.0, 0.1, 20.0)
+    with pytest.raises(ValueError, match="margin"):
+        L.margin_optimum(-1.0, 0.1, 20)
+    with pytest.raises(ValueError, match="alpha"):
+        L.margin_optimum(10.0, float("nan"), 20)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The registry: one table of losses (issue 12).
 # ---------------------------------------------------------------------------------------------------------------
 def test_registry_is_the_one_list_of_losses():

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import math
 import sys
 import time
 
@@ -359,4 +360,9 @@ def test_logit_distances_and_their_table(tmp_path, load_script):
     row = next(line for line in lines if line.startswith("| mbls | default |"))
     d = np.array([0.5, 2.0, 5.0, 12.0])
     expected = [*np.percentile(d, [10, 50, 90]), 25.0, 50.0]  # 1 of 4 above 10, 2 of 4 above 4
-    assert row == "| mbls | default | " + " | ".join(f"{v:.1f}" for v in expected) + " |"
+    assert row == "| mbls | default | " + " | ".join(f"{v:.1f}" for v in expected) + " | - |"
+    # with the run's arguments, MbLS's optimum: 3 classes, margin 2 (alpha 0.1 by default): ln(3 / 0.1 - 2) = ln 28
+    run = {"logits": logits, "recipe_arguments": ["--loss_type=mbls", "--margin=2"]}
+    lines = study.distance_report({("mbls", "m2"): [run], ("ce", "default"): [{**run, "recipe_arguments": []}]})
+    assert next(line for line in lines if line.startswith("| mbls | m2 |")).endswith(f" | {math.log(28):.2f} |")
+    assert next(line for line in lines if line.startswith("| ce | default |")).endswith(" | - |")
