@@ -4,7 +4,9 @@ The global batch is 8 either way (per-device 8 with one process, 4 with two); th
 `python ddp_train_script.py OUTPUT_DIR` trains and evaluates (also on sets that are not a multiple of the global
 eval batch); `python ddp_train_script.py OUTPUT_DIR resume` trains with an alpha schedule, resumes a second trainer
 from the step checkpoint on the first epoch's last step and records both; `python ddp_train_script.py OUTPUT_DIR
-cals` trains CALS for two epochs (multipliers from the evaluation after each epoch end) and records its multipliers.
+cals` trains CALS for two epochs (multipliers from the evaluation after each epoch end) and records its multipliers;
+`python ddp_train_script.py OUTPUT_DIR search` runs `search_calibration_hparams` over two label-smoothing candidates
+(kept models) and records the rows, the choice and the restored model.
 """
 
 import json
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import torch
 from trainer_utils import flat_parameters, sequence_dataset, tiny_sequence_classifier
+from transformers import TrainerCallback
 
 from mbls_nlp import CalibrationConfig, CalibrationTrainer
 
@@ -92,9 +95,43 @@ def resume(output_dir: str, world_size: int) -> tuple[CalibrationTrainer, dict]:
     return runs["full"][0], metrics
 
 
+def search(output_dir: str, world_size: int) -> tuple[CalibrationTrainer, dict]:
+    from mbls_nlp.hparam_search import search_calibration_hparams
+
+    args = make_args(
+        output_dir, world_size, num_train_epochs=2, logging_strategy="epoch", save_strategy="no",
+        eval_strategy="epoch", loss_type="ls",
+    )  # fmt: skip
+    trainer = CalibrationTrainer(
+        model_init=lambda: tiny_sequence_classifier(0),
+        args=args,
+        train_dataset=sequence_dataset(48, ignored_every=3),
+        eval_dataset=sequence_dataset(37, seed=1, ignored_every=5),
+    )
+    trained = []  # (epsilon, parameter sum) at the end of each candidate's training, in training order
+
+    class Record(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            trained.append((args.ls_epsilon, flat_parameters(model).sum().item()))
+
+    trainer.add_callback(Record())
+    result = search_calibration_hparams(trainer, "ls_epsilon=0.0,0.3", max_accuracy_drop=100.0, selection_metric="nll")
+    metrics = trainer.evaluate()
+    rows = [{k: v for k, v in row.items() if k != "time_s"} for row in result.rows]
+    metrics.update(
+        rows=rows, chosen=result.chosen, loss_epsilon=trainer.loss_fn.epsilon, train_metrics=result.train_metrics,
+        global_step=trainer.state.global_step, stored_left=(Path(output_dir) / "search_models").exists(),
+    )  # fmt: skip
+    # every process's own view of the choice, to check that they agree
+    rank = trainer.args.process_index
+    view = {"chosen": result.chosen, "params_sum": flat_parameters(trainer.model).sum().item(), "trained": trained}
+    (Path(output_dir) / f"search-rank{rank}.json").write_text(json.dumps(view))
+    return trainer, metrics
+
+
 def main(output_dir: str, mode: str = "train") -> None:
     world_size = CalibrationConfig(output_dir=output_dir, report_to="none").world_size
-    run = {"train": train_and_evaluate, "resume": resume, "cals": train_cals}[mode]
+    run = {"train": train_and_evaluate, "resume": resume, "cals": train_cals, "search": search}[mode]
     trainer, metrics = run(output_dir, world_size)
     if trainer.is_world_process_zero():
         out = Path(output_dir)

@@ -757,3 +757,32 @@ def test_cals_two_processes_equal_one(tmp_path):
     torch.testing.assert_close(params_2, params_1, atol=1e-5, rtol=0)
     assert metrics_2["lambd"] == pytest.approx(metrics_1["lambd"], rel=1e-5)
     assert metrics_2["rho"] == metrics_1["rho"]
+
+
+@pytest.mark.slow
+def test_search_two_processes_equal_one(tmp_path):
+    # search_calibration_hparams under 2 processes: transformers runs optuna on the main process and hands each trial
+    # to the other; every process must see the same rows, make the same choice and restore the same kept model.
+    params_1, metrics_1 = _run(LAUNCH + ["--num_processes", "1"], tmp_path, "one", "search")
+    two = LAUNCH + ["--multi_gpu", "--num_processes", "2", "--main_process_port", "29535"]
+    params_2, metrics_2 = _run(two, tmp_path, "two", "search")
+    assert metrics_2["world_size"] == 2 and metrics_1["world_size"] == 1
+    assert metrics_1["chosen"] == metrics_2["chosen"] == {"ls_epsilon": 0.3}
+    for row_1, row_2 in zip(metrics_1["rows"], metrics_2["rows"], strict=True):
+        assert row_1.keys() == row_2.keys()
+        for key in row_1:
+            assert row_2[key] == pytest.approx(row_1[key], abs=1e-6), key
+    torch.testing.assert_close(params_2, params_1, atol=1e-5, rtol=0)
+    assert metrics_2["global_step"] == metrics_1["global_step"] == 12  # 2 epochs of 6 steps: the kept state's
+    assert not metrics_1["stored_left"] and not metrics_2["stored_left"]
+    assert metrics_2["train_metrics"]["train_loss"] == pytest.approx(metrics_1["train_metrics"]["train_loss"], 1e-6)
+    chosen_row = next(row for row in metrics_2["rows"] if row["chosen"])
+    assert metrics_2["eval_nll"] == pytest.approx(chosen_row["eval_nll"], abs=1e-6)  # the restored model's numbers
+    views = [json.loads((tmp_path / "two" / f"search-rank{rank}.json").read_text()) for rank in (0, 1)]
+    for view in views:
+        assert view["chosen"] == {"ls_epsilon": 0.3}
+        # GridSampler(seed=0) trains 0.3 first: the restored model is the chosen candidate's, not the last trained
+        assert [epsilon for epsilon, _ in view["trained"]] == [0.3, 0.0]
+        assert view["params_sum"] == pytest.approx(view["trained"][0][1], abs=1e-9)
+        assert view["params_sum"] != pytest.approx(view["trained"][1][1], abs=1e-6)
+    assert views[1]["params_sum"] == pytest.approx(views[0]["params_sum"], abs=1e-9)
