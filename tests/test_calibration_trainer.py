@@ -768,6 +768,7 @@ def test_search_two_processes_equal_one(tmp_path):
     params_2, metrics_2 = _run(two, tmp_path, "two", "search")
     assert metrics_2["world_size"] == 2 and metrics_1["world_size"] == 1
     assert metrics_1["chosen"] == metrics_2["chosen"] == {"ls_epsilon": 0.3}
+    assert metrics_1["loss_epsilon"] == metrics_2["loss_epsilon"] == 0.3  # the trainer's loss follows the choice
     for row_1, row_2 in zip(metrics_1["rows"], metrics_2["rows"], strict=True):
         assert row_1.keys() == row_2.keys()
         for key in row_1:
