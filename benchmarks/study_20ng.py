@@ -620,8 +620,9 @@ def load_runs(results_dir: Path) -> dict[str, list[dict]]:
 
 
 def compare_runs(path_a: Path, path_b: Path, n_bootstrap: int) -> str:
-    """The paired differences `A - B` of two stored runs on the same test examples, raw and each run scaled by its
-    own temperature, with paired bootstrap intervals (seed 0); the text `--compare` prints."""
+    """The paired differences `A - B` of two stored runs on the same test examples: raw, A raw against B scaled by
+    its temperature (a loss against CE + TS), and each run scaled by its own temperature, with paired bootstrap
+    intervals (seed 0); the text `--compare` prints."""
     from mbls_nlp.calibration import paired_bootstrap
 
     a, b = load_run(path_a), load_run(path_b)
@@ -630,8 +631,15 @@ def compare_runs(path_a: Path, path_b: Path, n_bootstrap: int) -> str:
     lines = [f"A = {path_a}", f"B = {path_b}", ""]
     header = ["comparison"] + [title for _, title, _ in PAIRED_METRICS]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for title, scaled in (("A - B", False), ("(A + TS) - (B + TS)", True)):
-        za, zb = (r["logits"] / r["metrics"]["temperature"] if scaled else r["logits"] for r in (a, b))
+    for title, scale_a, scale_b in (
+        ("A - B", False, False),
+        ("A - (B + TS)", False, True),
+        ("(A + TS) - (B + TS)", True, True),
+    ):
+        za, zb = (
+            r["logits"] / r["metrics"]["temperature"] if scale else r["logits"]
+            for r, scale in ((a, scale_a), (b, scale_b))
+        )
         metrics = [key for key, _, _ in PAIRED_METRICS]
         result = paired_bootstrap(za, zb, a["labels"], metrics=metrics, n_bootstrap=n_bootstrap, seed=0)
         lines.append("| " + " | ".join([title, *(_interval(result, k, pct) for k, _, pct in PAIRED_METRICS)]) + " |")

@@ -92,6 +92,12 @@ def test_compare_two_stored_runs(tmp_path, load_script, capsys):
     row = next(line for line in text.splitlines() if line.startswith("| (A + TS) - (B + TS) |"))
     assert row.split(" | ")[2].split(" [")[0] == f"{100 * (scaled['a'] - scaled['c']):.2f}"
     assert f"{100 * (scaled['a'] - scaled['c']):.2f}" != f"{100 * (ece['a'] - ece['c']):.2f}"
+    # c raw against a scaled (c as the loss, a as CE + TS): ECE(c) - ECE(a / 2)
+    row = next(
+        line for line in study.compare_runs(c, a, n_bootstrap=20).splitlines() if line.startswith("| A - (B + TS) |")
+    )
+    assert row.split(" | ")[2].split(" [")[0] == f"{100 * (ece['c'] - scaled['a']):.2f}"
+    assert f"{100 * (ece['c'] - scaled['a']):.2f}" != f"{100 * (ece['c'] - ece['a']):.2f}"
     _write_run(tmp_path / "d", "ce", 1, other[:-1], labels[:-1], temperature=1.0)
     with pytest.raises(ValueError, match="same test set"):
         study.compare_runs(a, tmp_path / "d" / "ce-default-seed1.json", n_bootstrap=20)
