@@ -484,7 +484,7 @@ def validation_size(record: dict) -> int:
     from mbls_nlp.data import load_classification_splits
 
     given = dict(a[2:].partition("=")[::2] for a in record["recipe_arguments"] if a.startswith("--"))
-    optional = {"validation_split_percentage": float, "max_eval_samples": int}
+    optional = {"validation_split_percentage": float, "validation_split_order": str, "max_eval_samples": int}
     files = {name: given.get(name) for name in ("train_file", "validation_file", "test_file")}
     files = {name: None if path is None else ROOT / path for name, path in files.items()}  # the recipe's working dir
     splits = load_classification_splits(

@@ -27,6 +27,9 @@ import torch
 
 # Extension (lowercase, compression suffix included) -> `datasets` packaged builder. Longest suffixes are tried
 # first so that ".jsonl.gz" is not read as ".gz".
+#: How [`train_validation_split`] picks the validation rows: a seeded random draw, or the last rows in file order.
+VALIDATION_SPLIT_ORDERS = ("random", "last")
+
 _EXTENSION_TO_BUILDER = {
     ".csv": "csv",
     ".csv.gz": "csv",
@@ -198,6 +201,7 @@ def train_validation_split(
     validation_percentage: float,
     seed: int = 42,
     stratify_by_column: str | None = None,
+    order: str = "random",
 ) -> datasets.DatasetDict:
     r"""
     Split a dataset into seeded, disjoint `"train"` and `"validation"` parts that together cover it.
@@ -205,6 +209,13 @@ def train_validation_split(
     Stratification (the class proportions kept in both parts) is done by `Dataset.train_test_split` and costs
     nothing extra; it needs a `ClassLabel` column, so an integer column is cast to one for the split and cast back
     afterwards. Without `stratify_by_column` the split is a plain seeded shuffle.
+
+    With `order="last"` nothing is drawn: validation is the last rows in the file's order, per class when
+    stratified (the last `round(n_c * validation_percentage / 100)` rows of each class `c`, at least one and at most
+    `n_c - 1`). For data stored in time order this is the latest examples, which resemble a later test set more than
+    a random draw does: the 20 Newsgroups bydate files are ordered by newsgroup, then article number, and article
+    numbers grow with posting time, while the test split holds the messages posted after the training ones. Both
+    parts keep the file's order; `seed` is not used.
 
     Args:
         dataset (`datasets.Dataset`):
@@ -215,6 +226,8 @@ def train_validation_split(
             Seed of the shuffle; the same seed gives the same split.
         stratify_by_column (`str`, *optional*):
             Label column to stratify on (a `ClassLabel` or integer column).
+        order (`str`, *optional*, defaults to `"random"`):
+            `"random"` (a seeded draw) or `"last"` (the last rows in file order, see above).
 
     Returns:
         `datasets.DatasetDict` with `"train"` and `"validation"`.
@@ -239,6 +252,10 @@ def train_validation_split(
         raise ValueError(
             f"`validation_percentage` must be a number in the open interval (0, 100), got {validation_percentage!r}."
         )
+    if not isinstance(order, str) or order not in VALIDATION_SPLIT_ORDERS:
+        raise ValueError(f"`order` must be one of {VALIDATION_SPLIT_ORDERS}, got {order!r}.")
+    if order == "last":
+        return _last_rows_split(dataset, validation_percentage, stratify_by_column)
     if stratify_by_column is None:
         split = dataset.train_test_split(test_size=validation_percentage / 100, seed=seed)
         return datasets.DatasetDict(train=split["train"], validation=split["test"])
@@ -265,6 +282,45 @@ def train_validation_split(
         train = train.cast_column(stratify_by_column, feature)
         validation = validation.cast_column(stratify_by_column, feature)
     return datasets.DatasetDict(train=train, validation=validation)
+
+
+def _last_rows_split(
+    dataset: datasets.Dataset, validation_percentage: float, stratify_by_column: str | None
+) -> datasets.DatasetDict:
+    """`train_validation_split(order="last")`: validation is the last rows in file order (per class if stratified)."""
+    share = validation_percentage / 100
+    n = len(dataset)
+    if stratify_by_column is None:
+        if n < 2:
+            raise ValueError(f"`dataset` needs at least 2 rows to hold out a validation part; it has {n}.")
+        count = min(max(round(n * share), 1), n - 1)
+        chosen = np.arange(n - count, n)
+    else:
+        if stratify_by_column not in dataset.column_names:
+            raise ValueError(
+                f"`stratify_by_column` must be one of the columns {dataset.column_names}, got {stratify_by_column!r}."
+            )
+        labels = np.asarray(dataset.with_format("numpy")[stratify_by_column])
+        if labels.dtype.kind not in "iu":
+            raise ValueError(
+                f"`stratify_by_column` must name a ClassLabel or integer column; {stratify_by_column!r} is "
+                f"{dataset.features[stratify_by_column]}."
+            )
+        chosen = []
+        for label in np.unique(labels):
+            rows = np.flatnonzero(labels == label)
+            if len(rows) < 2:
+                raise ValueError(
+                    f"Class {label} of `stratify_by_column` {stratify_by_column!r} has {len(rows)} row; a stratified "
+                    "validation split needs at least 2 rows of every class (one to train on, one to validate)."
+                )
+            chosen.append(rows[len(rows) - min(max(round(len(rows) * share), 1), len(rows) - 1) :])
+        chosen = np.sort(np.concatenate(chosen))
+    held = np.zeros(n, dtype=bool)
+    held[chosen] = True
+    return datasets.DatasetDict(
+        train=dataset.select(np.flatnonzero(~held)), validation=dataset.select(np.flatnonzero(held))
+    )
 
 
 def _where(split: str, sources: dict[str, str] | None) -> str:
@@ -529,6 +585,7 @@ def load_classification_splits(
     label_column: str = "label",
     validation_split_percentage: float = 10.0,
     seed: int = 42,
+    validation_split_order: str = "random",
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
     max_test_samples: int | None = None,
@@ -560,6 +617,9 @@ def load_classification_splits(
         validation_split_percentage (`float`, *optional*, defaults to `10.0`): share of train held out as validation
             when there is no validation split.
         seed (`int`, *optional*, defaults to `42`): seed of the split and the subsets.
+        validation_split_order (`str`, *optional*, defaults to `"random"`): how that validation split is carved:
+            `"random"` (seeded, stratified) or `"last"` (the last rows of each class in the train file's order, e.g.
+            the latest messages of time-ordered data; see [`train_validation_split`]).
         max_train_samples, max_eval_samples, max_test_samples (`int`, *optional*): size limits of train,
             validation and test.
         cache_dir (`str` or `os.PathLike`, *optional*): cache folder of `datasets`.
@@ -602,10 +662,18 @@ def load_classification_splits(
     if check_images or image_column is not None:
         image_column = image_column_of(raw["train"], image_column)
     raw = as_class_label(raw, label_column, sources)
+    if not isinstance(validation_split_order, str) or validation_split_order not in VALIDATION_SPLIT_ORDERS:
+        raise ValueError(
+            f"`validation_split_order` must be one of {VALIDATION_SPLIT_ORDERS}, got {validation_split_order!r}."
+        )
     loaded, origin = dict(raw), {split: split for split in ("train", "validation", "test")}
     if "validation" not in raw:
         parts = train_validation_split(
-            raw["train"], validation_split_percentage, seed, stratify_by_column=label_column
+            raw["train"],
+            validation_split_percentage,
+            seed,
+            stratify_by_column=label_column,
+            order=validation_split_order,
         )
         raw["train"], raw["validation"] = parts["train"], parts["validation"]
         origin["validation"] = "train"
@@ -706,4 +774,5 @@ __all__ = [
     "load_local_dataset",
     "random_crop_and_flip",
     "train_validation_split",
+    "VALIDATION_SPLIT_ORDERS",
 ]

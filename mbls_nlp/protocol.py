@@ -31,7 +31,7 @@ from transformers.trainer_utils import PredictionOutput
 from .calibration import _check_bootstrap, paired_bootstrap
 from .calibration_config import CalibrationConfig
 from .calibration_trainer import CalibrationTrainer
-from .data import load_classification_splits
+from .data import VALIDATION_SPLIT_ORDERS, load_classification_splits
 from .hparam_search import SearchArguments, parse_search_grid, search_calibration_hparams
 from .temperature import temperature_folded
 
@@ -105,6 +105,15 @@ class DataArguments:
     label_column: str = field(default="label", metadata={"help": "Column holding the labels (integers or strings)."})
     validation_split_percentage: float = field(
         default=10.0, metadata={"help": "Share of train held out as validation when there is no validation split."}
+    )
+    validation_split_order: str = field(
+        default="random",
+        metadata={
+            "help": "How that validation split is carved from train: 'random' (seeded, stratified) or 'last' (the "
+            "last rows of each class in the train file's order; for data stored in time order, such as the 20 "
+            "Newsgroups bydate files, the latest messages, closer to a later test set).",
+            "choices": VALIDATION_SPLIT_ORDERS,
+        },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep a random subset of train."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep a random subset of validation."})
@@ -184,6 +193,7 @@ class DataArguments:
                 label_column=self.label_column,
                 validation_split_percentage=self.validation_split_percentage,
                 seed=training_args.seed,
+                validation_split_order=self.validation_split_order,
                 max_train_samples=self.max_train_samples,
                 max_eval_samples=self.max_eval_samples,
                 max_test_samples=self.max_test_samples,

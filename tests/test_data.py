@@ -131,6 +131,76 @@ def test_split_rejects_bad_columns():
         train_validation_split(datasets.DatasetDict(train=_toy()), 10)
 
 
+def test_last_split_holds_out_the_last_rows_of_each_class():
+    # Hand-worked: class 0 at rows 0, 2, 3, 6; class 1 at 1, 4, 7; class 2 at 5, 8, 9.
+    ds = datasets.Dataset.from_dict({"idx": list(range(10)), "label": [0, 1, 0, 0, 1, 2, 0, 1, 2, 2]})
+    # 20%: round(0.8), round(0.6), round(0.6) = one row of each class, its last.
+    parts = train_validation_split(ds, 20, seed=0, stratify_by_column="label", order="last")
+    assert parts["validation"]["idx"] == [6, 7, 9]
+    assert parts["train"]["idx"] == [0, 1, 2, 3, 4, 5, 8]  # the file's order is kept
+    # 50%: round(2.0), round(1.5), round(1.5) = 2 rows of each class.
+    parts = train_validation_split(ds, 50, seed=0, stratify_by_column="label", order="last")
+    assert parts["validation"]["idx"] == [3, 4, 6, 7, 8, 9]
+    # 1%: at least one row of each class; 99%: at least one left to train on.
+    assert train_validation_split(ds, 1, stratify_by_column="label", order="last")["validation"]["idx"] == [6, 7, 9]
+    assert train_validation_split(ds, 99, stratify_by_column="label", order="last")["train"]["idx"] == [0, 1, 5]
+    assert parts["train"].features == ds.features
+
+
+def test_last_split_without_classes_is_the_tail_and_ignores_the_seed():
+    a = train_validation_split(_toy(), 20, seed=3, order="last")
+    b = train_validation_split(_toy(), 20, seed=4, order="last")
+    assert a["validation"]["idx"] == b["validation"]["idx"] == list(range(80, 100))
+    assert a["train"]["idx"] == list(range(80))
+    # Stratified, _toy's sorted classes give the last 12 / 6 / 2 rows of each block.
+    parts = train_validation_split(_toy(), 20, seed=3, stratify_by_column="label", order="last")
+    assert parts["validation"]["idx"] == list(range(48, 60)) + list(range(84, 90)) + list(range(98, 100))
+
+
+def test_last_split_rejects_bad_orders_and_singleton_classes():
+    for order in ("first", "Last", None, 1):
+        with pytest.raises(ValueError, match=r"`order` must be one of \('random', 'last'\)"):
+            train_validation_split(_toy(), 10, order=order)
+    lonely = datasets.Dataset.from_dict({"label": [0, 0, 1]})
+    with pytest.raises(ValueError, match="Class 1 .* has 1 row"):
+        train_validation_split(lonely, 10, stratify_by_column="label", order="last")
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        train_validation_split(datasets.Dataset.from_dict({"label": [0]}), 10, order="last")
+    with pytest.raises(ValueError, match="stratify_by_column"):
+        train_validation_split(
+            datasets.Dataset.from_dict({"label": ["a", "b"] * 3}), 10, stratify_by_column="label", order="last"
+        )
+    with pytest.raises(ValueError, match="validation_percentage"):
+        train_validation_split(_toy(), 0, order="last")
+
+
+@needs_newsgroups
+def test_last_validation_of_the_bydate_files_is_each_newsgroups_latest_articles():
+    # Independent truth: ids.tsv.gz's article numbers (which grow with posting time), not the file's order.
+    paths = [line.rstrip("\n").split("\t") for line in gzip.open(NEWSGROUPS_DIR / "ids.tsv.gz", "rt")][1:]
+    by_group = collections.defaultdict(list)
+    for split, line, path in paths:
+        if split == "train":
+            _, group, article = path.split("/")
+            by_group[group].append((int(article), int(line)))
+    latest = {line for rows in by_group.values() for _, line in sorted(rows)[-round(len(rows) * 0.1) :]}
+    with gzip.open(NEWSGROUPS_DIR / "train.jsonl.gz", "rt", encoding="utf-8") as f:
+        texts = [json.loads(row)["text"] for row in f]
+    splits = load_classification_splits(
+        train_file=NEWSGROUPS_DIR / "train.jsonl.gz",
+        test_file=NEWSGROUPS_DIR / "test.jsonl.gz",
+        validation_split_order="last",
+    )
+    assert collections.Counter(splits["validation"]["text"]) == collections.Counter(texts[i] for i in latest)
+    assert len(splits["train"]) + len(splits["validation"]) == len(texts) == 11314
+    with pytest.raises(ValueError, match="validation_split_order"):
+        load_classification_splits(
+            train_file=NEWSGROUPS_DIR / "train.jsonl.gz",
+            test_file=NEWSGROUPS_DIR / "test.jsonl.gz",
+            validation_split_order="latest",
+        )
+
+
 # --- classification splits and image helpers ---------------------------------------------------------------------
 
 

@@ -83,7 +83,31 @@ def test_data_arguments_need_a_dataset_or_files(tmp_path):
         DataArguments().load_splits(args)
 
 
+def test_data_arguments_carve_the_last_rows_when_asked(tmp_path):
+    rows = [{"text": f"message {i}", "label": i % 2} for i in range(20)]
+    for name, part in (("train.jsonl", rows), ("test.jsonl", rows[:4])):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in part))
+    args = CalibrationConfig(output_dir=str(tmp_path / "out"), report_to="none", seed=5)
+    files = dict(train_file=str(tmp_path / "train.jsonl"), test_file=str(tmp_path / "test.jsonl"))
+    last = DataArguments(**files, validation_split_percentage=20, validation_split_order="last").load_splits(args)
+    # 10 rows per class, 20%: the last 2 of each (rows 16, 18 and 17, 19), in the file's order.
+    assert last["validation"]["text"] == [f"message {i}" for i in (16, 17, 18, 19)]
+    drawn = DataArguments(**files, validation_split_percentage=20).load_splits(args)
+    assert len(drawn["validation"]) == 4 and drawn["validation"]["text"] != last["validation"]["text"]
+
+
 # ---- the recipes' flags (parsing only: nothing is loaded or trained) ----
+
+
+@pytest.mark.parametrize("script", ["recipes/text_classification.py", "recipes/image_classification.py"])
+def test_recipes_take_the_validation_split_order(load_script, script, capsys):
+    recipe = load_script(script)
+    base = ["--output_dir=unused", "--model_name_or_path=x"]
+    assert recipe.parse_args(base)[1].validation_split_order == "random"
+    assert recipe.parse_args([*base, "--validation_split_order=last"])[1].validation_split_order == "last"
+    with pytest.raises(SystemExit):
+        recipe.parse_args([*base, "--validation_split_order=latest"])
+    assert "choose from 'random', 'last'" in capsys.readouterr().err
 
 
 def test_text_recipe_rejects_a_non_positive_max_seq_length(load_script):
