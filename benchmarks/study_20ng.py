@@ -753,6 +753,7 @@ def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
         *detail,
     ]
     lines += distance_report(groups)
+    lines += crossfit_report(groups, n_bootstrap)
     lines += search_report(runs)
     return "\n".join(lines) + "\n"
 
@@ -796,6 +797,111 @@ def distance_report(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
         cells = [f"{value:.1f}" for value in np.mean(stats, axis=0)]
         cells.append(", ".join(f"{gap:.2f}" for gap in sorted(optima)) or "-")
         lines.append("| " + " | ".join([loss, setting, *cells]) + " |")
+    return lines
+
+
+def crossfit_scaled(logits: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """The test logits scaled by a temperature fitted on test data, without fitting on the example it scales: the
+    examples are split at random (`seed`) into two halves, each half is scaled by the temperature fitted (NLL, the
+    recipes' method) on the other. Returns the scaled logits (in the original order) and the two temperatures."""
+    from mbls_nlp.temperature import TemperatureScaler
+
+    order = np.random.default_rng(seed).permutation(len(labels))
+    halves = (order[: len(order) // 2], order[len(order) // 2 :])
+    scaled = np.empty_like(logits, dtype=np.float64)
+    temperatures = []
+    for fit_on, apply_to in (halves, halves[::-1]):
+        temperature = TemperatureScaler().fit(logits[fit_on], labels[fit_on]).temperature
+        scaled[apply_to] = logits[apply_to] / temperature
+        temperatures.append(temperature)
+    return scaled, (temperatures[0], temperatures[1])
+
+
+def crossfit_report(groups: dict[tuple[str, str], list[dict]], n_bootstrap: int = 0) -> list[str]:
+    """A diagnostic of the validation/test shift: temperature scaling with its temperature fitted on test messages
+    (2-fold cross-fit, see [`crossfit_scaled`]) beside the protocol's, fitted on validation, and each loss paired
+    against CE (same seed, same halves) when both are scaled that way. It reads test labels, so it is not a result
+    of any method; it says how much of what validation TS leaves is the split's doing."""
+    from mbls_nlp.calibration import calibration_report, paired_bootstrap
+
+    header = ["loss", "setting", "seeds", "T (validation)", "T (test halves)", "ECE", "ECE, TS on validation"]
+    header += ["ECE, TS on test halves", "debiased CE, TS on validation", "debiased CE, TS on test halves"]
+    header += ["NLL, TS on validation", "NLL, TS on test halves"]
+    paired = [("ece", "Δ ECE vs CE, both TS on test halves"), ("dce", "Δ debiased CE vs CE, both TS on test halves")]
+    if n_bootstrap:
+        header += [title for _, title in paired]
+    lines = [
+        "",
+        "### Diagnostic: temperature fitted on the test distribution (mean over seeds; percent, NLL as a number)",
+        "",
+        "Not a protocol and not a result of any loss: the temperature is fitted (NLL, as the recipes fit it) on one "
+        "random half of the test messages and applied to the other half, both ways (`crossfit_scaled`; the halves "
+        "are drawn with the run's seed, so runs of one seed share them). Set beside the protocol's temperature "
+        "(fitted on the validation split), it shows how much of the calibration error left after validation TS "
+        "comes from validation and test differing, rather than from what one temperature can do."
+        + (
+            f" The Δ columns pair each loss with CE of its seed, both scaled this way ({n_bootstrap} paired bootstrap "
+            "resamples; seeds whose 95% interval excludes zero in the loss's favour / against it)."
+            if n_bootstrap
+            else ""
+        ),
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for members in groups.values():
+        for run in members:
+            if "crossfit" not in run:
+                run["crossfit"] = crossfit_scaled(run["logits"], run["labels"], run["seed"])
+    ce_by_seed = {
+        r["seed"]: r for (loss, setting), m in groups.items() if (loss, setting) == ("ce", "default") for r in m
+    }
+    for (loss, setting), members in groups.items():
+        cells = []
+        for run in members:
+            scaled, temperatures = run["crossfit"]
+            report = calibration_report(scaled, run["labels"])
+            validation_scaled = run["logits"] / run["metrics"]["temperature"]
+            ts = run.get("ts_report") or calibration_report(validation_scaled, run["labels"])
+            raw = run.get("report") or calibration_report(run["logits"], run["labels"])
+            cells.append(
+                [
+                    run["metrics"]["temperature"],
+                    float(np.mean(temperatures)),
+                    100 * raw["ece"],
+                    100 * ts["ece"],
+                    100 * report["ece"],
+                    100 * ts["dce"],
+                    100 * report["dce"],
+                    ts["nll"],
+                    report["nll"],
+                ]
+            )
+        mean = np.mean(cells, axis=0)
+        text = [f"{v:.2f}" for v in mean[:7]] + [f"{v:.3f}" for v in mean[7:]]
+        if n_bootstrap:
+            pairs = [r for r in members if r["seed"] in ce_by_seed and (loss, setting) != ("ce", "default")]
+            results = [
+                paired_bootstrap(
+                    r["crossfit"][0],
+                    ce_by_seed[r["seed"]]["crossfit"][0],
+                    r["labels"],
+                    metrics=[key for key, _ in paired],
+                    n_bootstrap=n_bootstrap,
+                    seed=r["seed"],
+                )
+                for r in pairs
+            ]
+            for key, _ in paired:
+                if not results:
+                    text.append("-")
+                    continue
+                better = sum(r[key + "_high"] < 0 for r in results)
+                worse = sum(r[key + "_low"] > 0 for r in results)
+                mean_difference = 100 * float(np.mean([r[key] for r in results]))
+                text.append(f"{mean_difference:.2f} (better {better}/{len(results)}, worse {worse}/{len(results)})")
+        seeds = ",".join(str(r["seed"]) for r in members)
+        lines.append("| " + " | ".join([loss, setting, seeds, *text]) + " |")
     return lines
 
 

@@ -372,3 +372,40 @@ def test_logit_distances_and_their_table(tmp_path, load_script):
     lines = study.distance_report({("mbls", "m2"): [run], ("ce", "default"): [{**run, "recipe_arguments": []}]})
     assert next(line for line in lines if line.startswith("| mbls | m2 |")).endswith(f" | {math.log(28):.2f} |")
     assert next(line for line in lines if line.startswith("| ce | default |")).endswith(" | - |")
+
+
+def test_crossfit_temperature_scales_each_half_by_the_other_halfs_fit(load_script):
+    study = load_script("benchmarks/study_20ng.py")
+    from mbls_nlp.temperature import TemperatureScaler
+
+    # Labels drawn from softmax(z): the logits 2 z are over-confident by exactly T = 2.
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(6000, 5)) * 2.0
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(5, p=row) for row in p])
+    logits = 2 * z
+    scaled, (t_a, t_b) = study.crossfit_scaled(logits, labels, seed=3)
+    assert abs(t_a - 2) < 0.1 and abs(t_b - 2) < 0.1 and t_a != t_b
+    order = np.random.default_rng(3).permutation(6000)
+    first, second = order[:3000], order[3000:]
+    # the second half is scaled by the first half's fit, and the first by the second's: no example by its own fit
+    t_first = TemperatureScaler().fit(logits[first], labels[first]).temperature
+    t_second = TemperatureScaler().fit(logits[second], labels[second]).temperature
+    assert np.allclose(scaled[second], logits[second] / t_first)
+    assert np.allclose(scaled[first], logits[first] / t_second)
+    ece = calibration_report(scaled, labels)["ece"]
+    assert ece < 0.02 < calibration_report(logits, labels)["ece"]
+    # the table: validation T 1 (no scaling) beside the test halves' ~2, ECE of each column
+    run = {"logits": logits, "labels": labels, "seed": 3, "metrics": {"temperature": 1.0}}
+    row = next(line for line in study.crossfit_report({("ce", "default"): [run]}) if line.startswith("| ce |"))
+    cells = row.strip("| ").split(" | ")
+    assert cells[2] == "3" and cells[3] == "1.00" and cells[4] == f"{(t_a + t_b) / 2:.2f}"
+    assert cells[5] == cells[6]  # validation T = 1 leaves the ECE as it was
+    assert cells[7] == f"{100 * ece:.2f}"
+    # paired against CE on the same halves (same seed): the same logits differ by exactly zero
+    groups = {("ce", "default"): [run], ("mbls", "default"): [dict(run)]}
+    lines = study.crossfit_report(groups, n_bootstrap=50)
+    same = next(line for line in lines if line.startswith("| mbls |")).strip("| ").split(" | ")
+    assert same[-2:] == ["0.00 (better 0/1, worse 0/1)"] * 2
+    assert next(line for line in lines if line.startswith("| ce |")).endswith(" | - | - |")
