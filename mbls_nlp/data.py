@@ -1,7 +1,8 @@
 """Dataset loading and preprocessing shared by the recipes and the notebooks (no maths here).
 
 - [`load_local_dataset`]: csv / json / jsonl (each optionally gzipped) / parquet files into a `DatasetDict`.
-- [`train_validation_split`]: a seeded (optionally stratified) validation split carved from train.
+- [`train_validation_split`]: a validation split carved from train: seeded (optionally stratified), or each class's
+  last rows in file order.
 - [`load_classification_splits`]: train / validation / test with a `ClassLabel` label column, from files or the Hub.
 - [`random_crop_and_flip`], [`image_column_of`]: the image recipe's augmentation and column lookup.
 
@@ -25,11 +26,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-# Extension (lowercase, compression suffix included) -> `datasets` packaged builder. Longest suffixes are tried
-# first so that ".jsonl.gz" is not read as ".gz".
 #: How [`train_validation_split`] picks the validation rows: a seeded random draw, or the last rows in file order.
 VALIDATION_SPLIT_ORDERS = ("random", "last")
 
+# Extension (lowercase, compression suffix included) -> `datasets` packaged builder. Longest suffixes are tried
+# first so that ".jsonl.gz" is not read as ".gz".
 _EXTENSION_TO_BUILDER = {
     ".csv": "csv",
     ".csv.gz": "csv",
@@ -204,7 +205,8 @@ def train_validation_split(
     order: str = "random",
 ) -> datasets.DatasetDict:
     r"""
-    Split a dataset into seeded, disjoint `"train"` and `"validation"` parts that together cover it.
+    Split a dataset into disjoint `"train"` and `"validation"` parts that together cover it: a seeded draw, or the
+    last rows in file order.
 
     Stratification (the class proportions kept in both parts) is done by `Dataset.train_test_split` and costs
     nothing extra; it needs a `ClassLabel` column, so an integer column is cast to one for the split and cast back
@@ -300,12 +302,17 @@ def _last_rows_split(
             raise ValueError(
                 f"`stratify_by_column` must be one of the columns {dataset.column_names}, got {stratify_by_column!r}."
             )
-        labels = np.asarray(dataset.with_format("numpy")[stratify_by_column])
-        if labels.dtype.kind not in "iu":
+        feature = dataset.features[stratify_by_column]
+        integer = isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
+        if not (isinstance(feature, datasets.ClassLabel) or integer):
             raise ValueError(
-                f"`stratify_by_column` must name a ClassLabel or integer column; {stratify_by_column!r} is "
-                f"{dataset.features[stratify_by_column]}."
+                f"`stratify_by_column` must name a ClassLabel or integer column; {stratify_by_column!r} is {feature}."
             )
+        if n < 2:
+            raise ValueError(f"`dataset` needs at least 2 rows to hold out a validation part; it has {n}.")
+        labels = np.asarray(dataset.with_format("numpy")[stratify_by_column])
+        if labels.min() < 0:
+            raise ValueError(f"`stratify_by_column` {stratify_by_column!r} holds negative labels; cannot stratify.")
         chosen = []
         for label in np.unique(labels):
             rows = np.flatnonzero(labels == label)
@@ -585,7 +592,6 @@ def load_classification_splits(
     label_column: str = "label",
     validation_split_percentage: float = 10.0,
     seed: int = 42,
-    validation_split_order: str = "random",
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
     max_test_samples: int | None = None,
@@ -594,12 +600,14 @@ def load_classification_splits(
     text_column: str | None = None,
     image_column: str | None = None,
     check_images: bool = False,
+    validation_split_order: str = "random",
 ) -> datasets.DatasetDict:
     r"""
     Load a classification dataset as `train`, `validation` and `test` splits with a `ClassLabel` label column.
 
     Local files win over `dataset_name` when any is given (see [`load_local_dataset`]). A missing validation split is
-    carved from train with a seeded split stratified on the labels ([`train_validation_split`]); the test split is
+    carved from train, stratified on the labels: a seeded draw, or each class's last rows with
+    `validation_split_order="last"` ([`train_validation_split`]); the test split is
     never used for it. The `max_*_samples` limits keep a seeded random subset of each split.
 
     Nothing is silent, and everything fails before training: every split's labels are checked against the classes
@@ -617,9 +625,6 @@ def load_classification_splits(
         validation_split_percentage (`float`, *optional*, defaults to `10.0`): share of train held out as validation
             when there is no validation split.
         seed (`int`, *optional*, defaults to `42`): seed of the split and the subsets.
-        validation_split_order (`str`, *optional*, defaults to `"random"`): how that validation split is carved:
-            `"random"` (seeded, stratified) or `"last"` (the last rows of each class in the train file's order, e.g.
-            the latest messages of time-ordered data; see [`train_validation_split`]).
         max_train_samples, max_eval_samples, max_test_samples (`int`, *optional*): size limits of train,
             validation and test.
         cache_dir (`str` or `os.PathLike`, *optional*): cache folder of `datasets`.
@@ -631,11 +636,19 @@ def load_classification_splits(
             `Image` column.
         check_images (`bool`, *optional*, defaults to `False`): decode every image of the returned splits once, so
             that a corrupted file fails here rather than when training first draws its row.
+        validation_split_order (`str`, *optional*, defaults to `"random"`): how a missing validation split is
+            carved: `"random"` (seeded, stratified) or `"last"` (the last rows of each class in the train file's
+            order, e.g. the latest messages of time-ordered data; see [`train_validation_split`]). Ignored when the
+            data has a validation split.
 
     Returns:
         `datasets.DatasetDict` with `"train"`, `"validation"` and `"test"`; `features[label_column].names` are the
         class names.
     """
+    if not isinstance(validation_split_order, str) or validation_split_order not in VALIDATION_SPLIT_ORDERS:
+        raise ValueError(
+            f"`validation_split_order` must be one of {VALIDATION_SPLIT_ORDERS}, got {validation_split_order!r}."
+        )
     if train_file is not None or validation_file is not None or test_file is not None:
         raw = load_local_dataset(train_file, validation_file, test_file, cache_dir=cache_dir)
         files = {"train": train_file, "validation": validation_file, "test": test_file}
@@ -662,10 +675,6 @@ def load_classification_splits(
     if check_images or image_column is not None:
         image_column = image_column_of(raw["train"], image_column)
     raw = as_class_label(raw, label_column, sources)
-    if not isinstance(validation_split_order, str) or validation_split_order not in VALIDATION_SPLIT_ORDERS:
-        raise ValueError(
-            f"`validation_split_order` must be one of {VALIDATION_SPLIT_ORDERS}, got {validation_split_order!r}."
-        )
     loaded, origin = dict(raw), {split: split for split in ("train", "validation", "test")}
     if "validation" not in raw:
         parts = train_validation_split(

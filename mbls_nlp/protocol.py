@@ -193,7 +193,6 @@ class DataArguments:
                 label_column=self.label_column,
                 validation_split_percentage=self.validation_split_percentage,
                 seed=training_args.seed,
-                validation_split_order=self.validation_split_order,
                 max_train_samples=self.max_train_samples,
                 max_eval_samples=self.max_eval_samples,
                 max_test_samples=self.max_test_samples,
@@ -201,6 +200,7 @@ class DataArguments:
                 text_column=text_column,
                 image_column=image_column,
                 check_images=check_images,
+                validation_split_order=self.validation_split_order,
             )
 
 

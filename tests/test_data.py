@@ -164,8 +164,17 @@ def test_last_split_rejects_bad_orders_and_singleton_classes():
     lonely = datasets.Dataset.from_dict({"label": [0, 0, 1]})
     with pytest.raises(ValueError, match="Class 1 .* has 1 row"):
         train_validation_split(lonely, 10, stratify_by_column="label", order="last")
+    for one in ({"label": [0]}, {"label": []}):
+        with pytest.raises(ValueError, match="at least 2 rows"):
+            train_validation_split(datasets.Dataset.from_dict(one), 10, order="last")
     with pytest.raises(ValueError, match="at least 2 rows"):
-        train_validation_split(datasets.Dataset.from_dict({"label": [0]}), 10, order="last")
+        train_validation_split(
+            datasets.Dataset.from_dict({"label": [0]}), 10, stratify_by_column="label", order="last"
+        )
+    with pytest.raises(ValueError, match="negative labels"):
+        train_validation_split(
+            datasets.Dataset.from_dict({"label": [-1, 0] * 3}), 10, stratify_by_column="label", order="last"
+        )
     with pytest.raises(ValueError, match="stratify_by_column"):
         train_validation_split(
             datasets.Dataset.from_dict({"label": ["a", "b"] * 3}), 10, stratify_by_column="label", order="last"
