@@ -800,10 +800,13 @@ def distance_report(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
     return lines
 
 
-def crossfit_scaled(logits: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, tuple[float, float]]:
+def crossfit_scaled(
+    logits: np.ndarray, labels: np.ndarray, seed: int, method: str = "nll"
+) -> tuple[np.ndarray, tuple[float, float]]:
     """The test logits scaled by a temperature fitted on test data, without fitting on the example it scales: the
-    examples are split at random (`seed`) into two halves, each half is scaled by the temperature fitted (NLL, the
-    recipes' method) on the other. Returns the scaled logits (in the original order) and the two temperatures."""
+    examples are split at random (`seed`) into two halves, each half is scaled by the temperature fitted on the
+    other (`TemperatureScaler.fit(method=...)`: `"nll"`, the recipes' method, or `"ece_grid"`, the grid minimising
+    the binned ECE). Returns the scaled logits (in the original order) and the two temperatures."""
     from mbls_nlp.temperature import TemperatureScaler
 
     order = np.random.default_rng(seed).permutation(len(labels))
@@ -811,37 +814,46 @@ def crossfit_scaled(logits: np.ndarray, labels: np.ndarray, seed: int) -> tuple[
     scaled = np.empty_like(logits, dtype=np.float64)
     temperatures = []
     for fit_on, apply_to in (halves, halves[::-1]):
-        temperature = TemperatureScaler().fit(logits[fit_on], labels[fit_on]).temperature
+        temperature = TemperatureScaler().fit(logits[fit_on], labels[fit_on], method=method).temperature
         scaled[apply_to] = logits[apply_to] / temperature
         temperatures.append(temperature)
     return scaled, (temperatures[0], temperatures[1])
 
 
 def crossfit_report(groups: dict[tuple[str, str], list[dict]], n_bootstrap: int = 0) -> list[str]:
-    """A diagnostic of the validation/test shift: temperature scaling with its temperature fitted on test messages
-    (2-fold cross-fit, see [`crossfit_scaled`]) beside the protocol's, fitted on validation, and each loss paired
-    against CE (same seed, same halves) when both are scaled that way. It reads test labels, so it is not a result
-    of any method; it says how much of what validation TS leaves is the split's doing."""
+    """A diagnostic of the validation/test shift and of what one temperature can do: temperature scaling with its
+    temperature fitted on test messages (2-fold cross-fit, see [`crossfit_scaled`]; by NLL, and by binned ECE)
+    beside the protocol's, fitted by NLL on validation, and each loss paired against CE (same seed, same halves)
+    when both are scaled the same way. It reads test labels, so it is not a result of any method."""
     from mbls_nlp.calibration import calibration_report, paired_bootstrap
 
-    header = ["loss", "setting", "seeds", "T (validation)", "T (test halves)", "ECE", "ECE, TS on validation"]
-    header += ["ECE, TS on test halves", "debiased CE, TS on validation", "debiased CE, TS on test halves"]
-    header += ["NLL, TS on validation", "NLL, TS on test halves"]
-    paired = [("ece", "Δ ECE vs CE, both TS on test halves"), ("dce", "Δ debiased CE vs CE, both TS on test halves")]
+    header = ["loss", "setting", "seeds", "T: validation", "T: test halves, NLL", "T: test halves, ECE"]
+    header += ["ECE", "ECE, TS: validation", "ECE, TS: test halves, NLL", "ECE, TS: test halves, ECE"]
+    header += ["debiased error, TS: validation", "debiased error, TS: test halves, NLL"]
+    header += ["NLL, TS: validation", "NLL, TS: test halves, NLL"]
+    paired = [
+        ("nll", "ece", "Δ ECE vs CE, both TS: test halves, NLL"),
+        ("nll", "dce", "Δ debiased error vs CE, both TS: test halves, NLL"),
+        ("ece_grid", "ece", "Δ ECE vs CE, both TS: test halves, ECE"),
+    ]
     if n_bootstrap:
-        header += [title for _, title in paired]
+        header += [title for _, _, title in paired]
     lines = [
         "",
-        "### Diagnostic: temperature fitted on the test distribution (mean over seeds; percent, NLL as a number)",
+        "### Diagnostic: temperatures fitted on the test distribution (mean over seeds; percent, NLL as a number)",
         "",
-        "Not a protocol and not a result of any loss: the temperature is fitted (NLL, as the recipes fit it) on one "
-        "random half of the test messages and applied to the other half, both ways (`crossfit_scaled`; the halves "
-        "are drawn with the run's seed, so runs of one seed share them). Set beside the protocol's temperature "
-        "(fitted on the validation split), it shows how much of the calibration error left after validation TS "
-        "comes from validation and test differing, rather than from what one temperature can do."
+        "Not a protocol and not a result of any loss: the temperature is fitted on one random half of the test "
+        "messages and applied to the other half, both ways (`crossfit_scaled`; the halves are drawn with the run's "
+        "seed, so runs of one seed share them), by NLL (what the recipes fit on validation) and by binned ECE (the "
+        "grid of `TemperatureScaler.fit(method='ece_grid')`, T = 0.1 to 10 in steps of 0.1). Beside the protocol's "
+        "temperature (NLL on the validation split) it separates two things: how far validation and test differ "
+        "(the temperatures), and what one temperature can do on test at all. The NLL-optimal temperature is not "
+        "the ECE-optimal one, so the NLL column's ECE can be above the validation column's."
         + (
-            f" The Δ columns pair each loss with CE of its seed, both scaled this way ({n_bootstrap} paired bootstrap "
-            "resamples; seeds whose 95% interval excludes zero in the loss's favour / against it)."
+            f" The Δ columns pair each loss with CE of its seed, both scaled the same way ({n_bootstrap} paired "
+            "bootstrap resamples of the test messages, with the fitted temperatures held fixed, so the intervals "
+            "leave out the noise of the fit and of the split into halves; in parentheses the seeds whose 95% "
+            "interval excludes zero in the loss's favour / against it)."
             if n_bootstrap
             else ""
         ),
@@ -851,51 +863,54 @@ def crossfit_report(groups: dict[tuple[str, str], list[dict]], n_bootstrap: int 
     ]
     for members in groups.values():
         for run in members:
-            if "crossfit" not in run:
-                run["crossfit"] = crossfit_scaled(run["logits"], run["labels"], run["seed"])
-    ce_by_seed = {
-        r["seed"]: r for (loss, setting), m in groups.items() if (loss, setting) == ("ce", "default") for r in m
-    }
+            for method in ("nll", "ece_grid"):
+                if f"crossfit_{method}" not in run:
+                    run[f"crossfit_{method}"] = crossfit_scaled(run["logits"], run["labels"], run["seed"], method)
+    ce_by_seed = {run["seed"]: run for run in groups.get(("ce", "default"), [])}
     for (loss, setting), members in groups.items():
         cells = []
         for run in members:
-            scaled, temperatures = run["crossfit"]
-            report = calibration_report(scaled, run["labels"])
+            (by_nll, t_nll), (by_ece, t_ece) = run["crossfit_nll"], run["crossfit_ece_grid"]
+            nll_report = calibration_report(by_nll, run["labels"])
+            ece_report = calibration_report(by_ece, run["labels"])
             validation_scaled = run["logits"] / run["metrics"]["temperature"]
             ts = run.get("ts_report") or calibration_report(validation_scaled, run["labels"])
             raw = run.get("report") or calibration_report(run["logits"], run["labels"])
             cells.append(
                 [
                     run["metrics"]["temperature"],
-                    float(np.mean(temperatures)),
+                    float(np.mean(t_nll)),
+                    float(np.mean(t_ece)),
                     100 * raw["ece"],
                     100 * ts["ece"],
-                    100 * report["ece"],
+                    100 * nll_report["ece"],
+                    100 * ece_report["ece"],
                     100 * ts["dce"],
-                    100 * report["dce"],
+                    100 * nll_report["dce"],
                     ts["nll"],
-                    report["nll"],
+                    nll_report["nll"],
                 ]
             )
         mean = np.mean(cells, axis=0)
-        text = [f"{v:.2f}" for v in mean[:7]] + [f"{v:.3f}" for v in mean[7:]]
+        text = [f"{v:.2f}" for v in mean[:9]] + [f"{v:.3f}" for v in mean[9:]]
         if n_bootstrap:
             pairs = [r for r in members if r["seed"] in ce_by_seed and (loss, setting) != ("ce", "default")]
-            results = [
-                paired_bootstrap(
-                    r["crossfit"][0],
-                    ce_by_seed[r["seed"]]["crossfit"][0],
-                    r["labels"],
-                    metrics=[key for key, _ in paired],
-                    n_bootstrap=n_bootstrap,
-                    seed=r["seed"],
-                )
-                for r in pairs
-            ]
-            for key, _ in paired:
+            for method, key, _ in paired:
+                results = [
+                    paired_bootstrap(
+                        r[f"crossfit_{method}"][0],
+                        ce_by_seed[r["seed"]][f"crossfit_{method}"][0],
+                        r["labels"],
+                        metrics=[key],
+                        n_bootstrap=n_bootstrap,
+                        seed=r["seed"],
+                    )
+                    for r in pairs
+                ]
                 if not results:
                     text.append("-")
                     continue
+                # lower is better for both metrics: "better" when the interval lies below zero
                 better = sum(r[key + "_high"] < 0 for r in results)
                 worse = sum(r[key + "_low"] > 0 for r in results)
                 mean_difference = 100 * float(np.mean([r[key] for r in results]))

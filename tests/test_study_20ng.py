@@ -401,11 +401,19 @@ def test_crossfit_temperature_scales_each_half_by_the_other_halfs_fit(load_scrip
     row = next(line for line in study.crossfit_report({("ce", "default"): [run]}) if line.startswith("| ce |"))
     cells = row.strip("| ").split(" | ")
     assert cells[2] == "3" and cells[3] == "1.00" and cells[4] == f"{(t_a + t_b) / 2:.2f}"
-    assert cells[5] == cells[6]  # validation T = 1 leaves the ECE as it was
-    assert cells[7] == f"{100 * ece:.2f}"
-    # paired against CE on the same halves (same seed): the same logits differ by exactly zero
-    groups = {("ce", "default"): [run], ("mbls", "default"): [dict(run)]}
+    assert abs(float(cells[5]) - 2) < 0.25  # the ECE grid's temperature, in steps of 0.1
+    assert cells[6] == cells[7]  # validation T = 1 leaves the ECE as it was
+    assert cells[8] == f"{100 * ece:.2f}"
+    # paired against CE on the same halves (same seed): the same logits differ by exactly zero, and a CE whose
+    # miscalibration no single temperature removes (a random half of the examples 3 z, the others z / 2) is worse
+    # than logits that are a pure temperature away from calibrated (2 z)
+    mixed = np.where(rng.random(6000)[:, None] < 0.5, 3 * z, z / 2)
+    ce = {"logits": mixed, "labels": labels, "seed": 3, "metrics": {"temperature": 1.0}}
+    groups = {("ce", "default"): [ce], ("mbls", "default"): [dict(ce)], ("ls", "default"): [run]}
     lines = study.crossfit_report(groups, n_bootstrap=50)
     same = next(line for line in lines if line.startswith("| mbls |")).strip("| ").split(" | ")
-    assert same[-2:] == ["0.00 (better 0/1, worse 0/1)"] * 2
-    assert next(line for line in lines if line.startswith("| ce |")).endswith(" | - | - |")
+    assert same[-3:] == ["0.00 (better 0/1, worse 0/1)"] * 3
+    better = next(line for line in lines if line.startswith("| ls |")).strip("| ").split(" | ")
+    for cell in better[-3:]:
+        assert float(cell.split()[0]) < 0 and cell.endswith("(better 1/1, worse 0/1)")
+    assert next(line for line in lines if line.startswith("| ce |")).endswith(" | - | - | - |")
