@@ -261,17 +261,9 @@ def train_validation_split(
     if stratify_by_column is None:
         split = dataset.train_test_split(test_size=validation_percentage / 100, seed=seed)
         return datasets.DatasetDict(train=split["train"], validation=split["test"])
-    if stratify_by_column not in dataset.column_names:
-        raise ValueError(
-            f"`stratify_by_column` must be one of the columns {dataset.column_names}, got {stratify_by_column!r}."
-        )
-    feature = dataset.features[stratify_by_column]
+    feature = _stratify_feature(dataset, stratify_by_column)
     work = dataset
     if not isinstance(feature, datasets.ClassLabel):
-        if not (isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))):
-            raise ValueError(
-                f"`stratify_by_column` must name a ClassLabel or integer column; {stratify_by_column!r} is {feature}."
-            )
         values = dataset.unique(stratify_by_column)
         if min(values) < 0:
             raise ValueError(f"`stratify_by_column` {stratify_by_column!r} holds negative labels; cannot stratify.")
@@ -286,30 +278,35 @@ def train_validation_split(
     return datasets.DatasetDict(train=train, validation=validation)
 
 
+def _stratify_feature(dataset: datasets.Dataset, column: str) -> datasets.ClassLabel | datasets.Value:
+    """The feature of a `stratify_by_column`, checked: a column of `dataset` holding a ClassLabel or integers."""
+    if column not in dataset.column_names:
+        raise ValueError(f"`stratify_by_column` must be one of the columns {dataset.column_names}, got {column!r}.")
+    feature = dataset.features[column]
+    if not isinstance(feature, datasets.ClassLabel) and not (
+        isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
+    ):
+        raise ValueError(f"`stratify_by_column` must name a ClassLabel or integer column; {column!r} is {feature}.")
+    return feature
+
+
 def _last_rows_split(
     dataset: datasets.Dataset, validation_percentage: float, stratify_by_column: str | None
 ) -> datasets.DatasetDict:
     """`train_validation_split(order="last")`: validation is the last rows in file order (per class if stratified)."""
     share = validation_percentage / 100
     n = len(dataset)
+
+    def held_out(count: int) -> int:  # at least one row to validate, at least one to train on
+        return min(max(round(count * share), 1), count - 1)
+
+    if stratify_by_column is not None:
+        _stratify_feature(dataset, stratify_by_column)
+    if n < 2:
+        raise ValueError(f"`dataset` needs at least 2 rows to hold out a validation part; it has {n}.")
     if stratify_by_column is None:
-        if n < 2:
-            raise ValueError(f"`dataset` needs at least 2 rows to hold out a validation part; it has {n}.")
-        count = min(max(round(n * share), 1), n - 1)
-        chosen = np.arange(n - count, n)
+        chosen = np.arange(n - held_out(n), n)
     else:
-        if stratify_by_column not in dataset.column_names:
-            raise ValueError(
-                f"`stratify_by_column` must be one of the columns {dataset.column_names}, got {stratify_by_column!r}."
-            )
-        feature = dataset.features[stratify_by_column]
-        integer = isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
-        if not (isinstance(feature, datasets.ClassLabel) or integer):
-            raise ValueError(
-                f"`stratify_by_column` must name a ClassLabel or integer column; {stratify_by_column!r} is {feature}."
-            )
-        if n < 2:
-            raise ValueError(f"`dataset` needs at least 2 rows to hold out a validation part; it has {n}.")
         labels = np.asarray(dataset.with_format("numpy")[stratify_by_column])
         if labels.min() < 0:
             raise ValueError(f"`stratify_by_column` {stratify_by_column!r} holds negative labels; cannot stratify.")
@@ -321,7 +318,7 @@ def _last_rows_split(
                     f"Class {label} of `stratify_by_column` {stratify_by_column!r} has {len(rows)} row; a stratified "
                     "validation split needs at least 2 rows of every class (one to train on, one to validate)."
                 )
-            chosen.append(rows[len(rows) - min(max(round(len(rows) * share), 1), len(rows) - 1) :])
+            chosen.append(rows[len(rows) - held_out(len(rows)) :])
         chosen = np.sort(np.concatenate(chosen))
     held = np.zeros(n, dtype=bool)
     held[chosen] = True
