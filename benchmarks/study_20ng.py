@@ -657,6 +657,15 @@ def _mean_std(values: list[float], percent: bool) -> str:
     return f"{_fmt(mean, percent)} ± {_fmt(float(np.std(values, ddof=1)), percent)}"
 
 
+def _over_seeds(results: list[dict], key: str, percent: bool) -> str:
+    """One paired difference over seeds: its mean, and how many seeds' intervals exclude zero either way (higher
+    accuracy is better; lower is better for every other metric)."""
+    above, below = sum(r[key + "_low"] > 0 for r in results), sum(r[key + "_high"] < 0 for r in results)
+    better, worse = (above, below) if key == "accuracy" else (below, above)
+    mean = _fmt(float(np.mean([r[key] for r in results])), percent)
+    return f"{mean} (better {better}/{len(results)}, worse {worse}/{len(results)})"
+
+
 def _interval(result: dict, key: str, percent: bool) -> str:
     return (
         f"{_fmt(result[key], percent)} [{_fmt(result[key + '_low'], percent)}, {_fmt(result[key + '_high'], percent)}]"
@@ -735,12 +744,7 @@ def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
                 cells = [_interval(results[-1], key, pct) for key, _, pct in PAIRED_METRICS]
                 detail.append("| " + " | ".join([loss, setting, title, str(run["seed"]), *cells]) + " |")
             row = [loss, setting, title]
-            for key, _, pct in PAIRED_METRICS:
-                # Higher accuracy is better; lower is better for every other metric.
-                above, below = sum(r[key + "_low"] > 0 for r in results), sum(r[key + "_high"] < 0 for r in results)
-                better, worse = (above, below) if key == "accuracy" else (below, above)
-                mean = _fmt(float(np.mean([r[key] for r in results])), pct)
-                row.append(f"{mean} (better {better}/{len(results)}, worse {worse}/{len(results)})")
+            row += [_over_seeds(results, key, pct) for key, _, pct in PAIRED_METRICS]
             summary.append("| " + " | ".join(row) + " |")
     lines += [
         "Each cell: the difference averaged over seeds; in parentheses, the number of seeds whose 95% paired interval",
@@ -910,11 +914,7 @@ def crossfit_report(groups: dict[tuple[str, str], list[dict]], n_bootstrap: int 
                 if not results:
                     text.append("-")
                     continue
-                # lower is better for both metrics: "better" when the interval lies below zero
-                better = sum(r[key + "_high"] < 0 for r in results)
-                worse = sum(r[key + "_low"] > 0 for r in results)
-                mean_difference = 100 * float(np.mean([r[key] for r in results]))
-                text.append(f"{mean_difference:.2f} (better {better}/{len(results)}, worse {worse}/{len(results)})")
+                text.append(_over_seeds(results, key, percent=True))
         seeds = ",".join(str(r["seed"]) for r in members)
         lines.append("| " + " | ".join([loss, setting, seeds, *text]) + " |")
     return lines
