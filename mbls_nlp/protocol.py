@@ -137,12 +137,24 @@ class DataArguments:
     #: The local-files flags a recipe suggests when its Hub dataset cannot be reached (e.g. the shared copy).
     local_files_hint: ClassVar[str] = "--train_file PATH --test_file PATH"
 
-    def describe_dataset(self) -> str:
-        """The data as the model card names it: the Hub dataset or local folder, or the local files."""
-        if self.train_file is not None:
-            return ", ".join(f"`{os.path.basename(f)}`" for f in (self.train_file, self.test_file) if f)
-        name = self.dataset_name or ""
-        return f"`{name}`" + (f" (`{self.dataset_config_name}`)" if self.dataset_config_name else "")
+    def describe_dataset(self, validation=None, seed: int | None = None) -> str:
+        """The data as the model card names it: the Hub dataset or local folder, or the local files; given the
+        loaded `validation` split (and the `seed` it was loaded with), also how it was made when it was carved from
+        train (`validation.split` is then `"train"`), since the temperature and any search were fitted on it."""
+        files = (self.train_file, self.validation_file, self.test_file)
+        if any(files):
+            described = ", ".join(f"`{os.path.basename(f)}`" for f in files if f)
+        else:
+            described = f"`{self.dataset_name or ''}`"
+            described += f" (`{self.dataset_config_name}`)" if self.dataset_config_name else ""
+        if validation is None or str(getattr(validation, "split", "")) != "train":
+            return described
+        share = f"{self.validation_split_percentage:g}%"
+        if self.validation_split_order == "last":
+            how = f"the last {share} of each class's rows in the train data's order"
+        else:
+            how = f"{share} drawn at random, stratified by label" + (f" (seed {seed})" if seed is not None else "")
+        return f"{described}; validation carved from train: {how}, {len(validation):,} examples"
 
     def _from_hub(self) -> bool:
         return self.train_file is None and self.dataset_name is not None and not os.path.exists(self.dataset_name)

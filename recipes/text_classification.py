@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         search_args,
         save_predictions=data_args.save_predictions,
         test_n_bootstrap=data_args.test_n_bootstrap,
-        dataset_name=data_args.describe_dataset(),
+        dataset_name=data_args.describe_dataset(raw["validation"], training_args.seed),
         model_card_kwargs={"tasks": "text-classification"},
     )
     return output.metrics

@@ -96,6 +96,29 @@ def test_data_arguments_carve_the_last_rows_when_asked(tmp_path):
     assert len(drawn["validation"]) == 4 and drawn["validation"]["text"] != last["validation"]["text"]
 
 
+def test_the_model_card_says_how_validation_was_made(tmp_path):
+    rows = [{"text": f"message {i}", "label": i % 2} for i in range(20)]
+    for name, part in (("train.jsonl", rows), ("val.jsonl", rows[:6]), ("test.jsonl", rows[:4])):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in part))
+    args = CalibrationConfig(output_dir=str(tmp_path / "out"), report_to="none", seed=5)
+    files = dict(train_file=str(tmp_path / "train.jsonl"), test_file=str(tmp_path / "test.jsonl"))
+    last = DataArguments(**files, validation_split_percentage=20, validation_split_order="last")
+    assert last.describe_dataset(last.load_splits(args)["validation"], 5) == (
+        "`train.jsonl`, `test.jsonl`; validation carved from train: the last 20% of each class's rows in the train "
+        "data's order, 4 examples"
+    )
+    drawn = DataArguments(**files, validation_split_percentage=12.5)
+    assert drawn.describe_dataset(drawn.load_splits(args)["validation"], 5).endswith(
+        "; validation carved from train: 12.5% drawn at random, stratified by label (seed 5), 3 examples"
+    )
+    given = DataArguments(**files, validation_file=str(tmp_path / "val.jsonl"), validation_split_order="last")
+    # A validation split of the data's own is named as a file, and nothing is said to be carved.
+    assert given.describe_dataset(given.load_splits(args)["validation"], 5) == (
+        "`train.jsonl`, `val.jsonl`, `test.jsonl`"
+    )
+    assert DataArguments(dataset_name="org/data", dataset_config_name="c").describe_dataset() == "`org/data` (`c`)"
+
+
 # ---- the recipes' flags (parsing only: nothing is loaded or trained) ----
 
 

@@ -420,6 +420,12 @@ def test_image_recipe_refuses_a_corrupted_image_before_training(tmp_path, tiny_i
     _image_parquet(test, 10)
     results = recipe.main([*base, f"--output_dir={tmp_path / 'good'}"])
     assert 0.0 <= results["test_accuracy"] <= 1.0 and (tmp_path / "good" / "all_results.json").is_file()
+    # The model card names the files and how validation, on which the temperature was fitted, was carved.
+    card = (tmp_path / "good" / "README.md").read_text()
+    assert (
+        "- Dataset: `train.parquet`, `test.parquet`; validation carved from train: 25% drawn at random, stratified "
+        "by label (seed 0), 10 examples." in card
+    )
 
 
 @needs_cifar
