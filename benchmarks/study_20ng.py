@@ -12,7 +12,9 @@ to `--results_dir/<regime>/`:
   bootstrap intervals and the paired differences to CE and to CE + temperature scaling on the same test messages.
 
 A run whose JSON exists is skipped, so the study can be stopped and resumed over several sittings (commit the result
-files as they appear; the run folders with the models stay in `--runs_dir` and are not needed afterwards).
+files as they appear; the run folders with the models stay in `--runs_dir` and are not needed afterwards). Stopping
+the command (Ctrl-C, or SIGTERM from `kill`/`timeout`) stops the recipe run it is waiting on too; a run that was
+stopped leaves no result file and runs again next time.
 
 Regimes (sized for a 2-core CPU; the same budget for every loss, see benchmarks/RESULTS.md for what was reduced):
 
@@ -89,6 +91,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -1048,5 +1051,12 @@ def main(argv: list[str] | None = None) -> None:
                     run_one(args, regime, loss, setting, seed, deadline)
 
 
+def _exit_on_sigterm(signum, frame):
+    """SIGTERM as SystemExit: `subprocess.run` then kills the recipe it waits on (its handler of any exception)
+    instead of leaving it training, orphaned, beside the next run on the same cores."""
+    raise SystemExit(128 + signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     main(sys.argv[1:])

@@ -168,6 +168,35 @@ def test_a_run_still_going_at_the_deadline_is_stopped_without_a_result(tmp_path,
     assert not list((tmp_path / "results").glob("**/*.json"))  # not marked finished: the next sitting runs it again
 
 
+def test_sigterm_stops_the_recipe_run_too(tmp_path):
+    # `kill <study>` (or `timeout`) must not leave the recipe training, orphaned, beside the next run on the same cores
+    import os
+    import signal
+    import subprocess
+    from pathlib import Path
+
+    child = tmp_path / "recipe.py"  # a "recipe" that writes its pid, then trains for a minute
+    child.write_text("import os, sys, time\nopen(sys.argv[0] + '.pid', 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
+    root = Path(__file__).resolve().parents[1]
+    script = root / "benchmarks" / "study_20ng.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    study = subprocess.Popen([sys.executable, str(script), "--losses", "ce", "--seeds", "1", "--encoder", "enc",
+                              "--results_dir", str(tmp_path / "results"), "--runs_dir", str(tmp_path / "runs"),
+                              "--launcher", f"{sys.executable} {child}"], stdout=subprocess.PIPE, env=env)  # fmt: skip
+    pid_file = Path(f"{child}.pid")
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert study.poll() is None and time.monotonic() < deadline, "the recipe run did not start"
+        time.sleep(0.1)
+    recipe_pid = int(pid_file.read_text())
+    os.kill(recipe_pid, 0)  # running
+    study.send_signal(signal.SIGTERM)
+    assert study.wait(timeout=30) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):  # killed and reaped by the study, not orphaned
+        os.kill(recipe_pid, 0)
+    assert not list((tmp_path / "results").glob("**/*.json"))  # not marked finished
+
+
 FAKE_CANDIDATE_RECIPE = """
 import json, sys
 from pathlib import Path
