@@ -3,8 +3,12 @@
 import gzip
 import json
 import math
+import os
+import signal
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,19 +174,15 @@ def test_a_run_still_going_at_the_deadline_is_stopped_without_a_result(tmp_path,
 
 def test_sigterm_stops_the_recipe_run_too(tmp_path):
     # `kill <study>` (or `timeout`) must not leave the recipe training, orphaned, beside the next run on the same cores
-    import os
-    import signal
-    import subprocess
-    from pathlib import Path
-
     child = tmp_path / "recipe.py"  # a "recipe" that writes its pid, then trains for a minute
     child.write_text("import os, sys, time\nopen(sys.argv[0] + '.pid', 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
     root = Path(__file__).resolve().parents[1]
     script = root / "benchmarks" / "study_20ng.py"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    study = subprocess.Popen([sys.executable, str(script), "--losses", "ce", "--seeds", "1", "--encoder", "enc",
-                              "--results_dir", str(tmp_path / "results"), "--runs_dir", str(tmp_path / "runs"),
-                              "--launcher", f"{sys.executable} {child}"], stdout=subprocess.PIPE, env=env)  # fmt: skip
+    command = [sys.executable, str(script), "--losses", "ce", "--seeds", "1", "--encoder", "enc",
+               "--results_dir", str(tmp_path / "results"), "--runs_dir", str(tmp_path / "runs"),
+               "--launcher", f"{sys.executable} {child}"]  # fmt: skip
+    study = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
     pid_file = Path(f"{child}.pid")
     deadline = time.monotonic() + 60
     while not pid_file.exists() or not pid_file.read_text():
