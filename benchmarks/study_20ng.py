@@ -200,7 +200,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=None,
         help="Wall-clock seconds from this command's start: a run is not started when the longest finished run of "
-        "its regime in --results_dir would not end before the deadline, and a run still going at the deadline is "
+        "its loss in its regime in --results_dir (of any loss, when its own has none) would not end before the "
+        "deadline, and a run still going at the deadline is "
         "stopped (no result file: it runs again next time). Default: no deadline.",
     )
     parser.add_argument("--dry_run", action="store_true", help="Print the recipe commands that would run, then stop.")
@@ -274,12 +275,14 @@ def stored_records(regime_dir: Path) -> list[tuple[Path, dict]]:
     return [(path, json.loads(path.read_text())) for path in paths]
 
 
-def longest_run_s(results_dir: Path) -> float | None:
+def longest_run_s(results_dir: Path, loss: str | None = None) -> float | None:
     """The longest wall time of one training among the finished runs in `results_dir` (one regime's folder, its
-    candidate runs included; a tuned record's time is its whole search's, so it does not count); None when there
-    are none."""
-    records = [record for _, record in stored_records(results_dir)]
-    return max((r["wall_time_s"] for r in records if r["setting"] != "tuned"), default=None)
+    candidate runs included; a tuned record's time is its whole search's, so it does not count): among the runs of
+    `loss` when there are some, else among all of them (one slow run of another loss, e.g. one that shared the
+    cores, should not keep every loss from starting); None when there are none."""
+    times = [(r["loss_type"], r["wall_time_s"]) for _, r in stored_records(results_dir) if r["setting"] != "tuned"]
+    own = [t for name, t in times if name == loss]
+    return max(own or [t for _, t in times], default=None)
 
 
 def run_one(args, regime: str, loss: str, setting: str, seed: int, deadline: float | None = None) -> Path | None:
@@ -321,7 +324,7 @@ def run_recipe(args, regime, name, label, loss, seed, recipe, output_dir: Path, 
     timeout = None
     if deadline is not None:
         timeout = deadline - time.monotonic()
-        estimate = longest_run_s(Path(args.results_dir) / regime)
+        estimate = longest_run_s(Path(args.results_dir) / regime, loss)
         if timeout <= 0 or (estimate is not None and estimate > timeout):
             print(f"[deadline] {regime}/{name} not started: {max(timeout, 0):.0f} s left, runs take {estimate} s")
             return None

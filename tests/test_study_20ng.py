@@ -4,6 +4,7 @@ import gzip
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -157,6 +158,24 @@ def test_recipe_arg_comes_last_and_deadline_skips_runs_that_cannot_finish(tmp_pa
     assert command[-1] == "--max_train_samples=300" and "--loss_type=mbls" in command
     with pytest.raises(ValueError, match="`--deadline_s`"):
         study.main(["--losses", "ce", "--deadline_s", "0", *common])
+
+
+def test_deadline_estimates_a_run_by_its_own_loss_first(tmp_path, load_script, capsys):
+    study = load_script("benchmarks/study_20ng.py")
+    logits, labels = _logits(0)
+    _write_run(tmp_path / "cnn", "ce", 1, logits, labels, temperature=2.0)  # 60 s: a slow outlier
+    _write_run(tmp_path / "cnn", "mbls", 1, logits, labels, temperature=1.2)
+    record = json.loads((tmp_path / "cnn" / "mbls-default-seed1.json").read_text())
+    (tmp_path / "cnn" / "mbls-default-seed1.json").write_text(json.dumps({**record, "wall_time_s": 10.0}))
+    assert study.longest_run_s(tmp_path / "cnn", "mbls") == 10.0
+    assert study.longest_run_s(tmp_path / "cnn", "ls") == 60.0  # no ls run yet: the regime's longest
+    assert study.longest_run_s(tmp_path / "cnn") == 60.0 and study.longest_run_s(tmp_path / "minilm") is None
+    common = ["--results_dir", str(tmp_path), "--encoder", "enc", "--dry_run", "--deadline_s", "30"]
+    study.main(["--losses", "mbls,ls", "--seeds", "2", *common])
+    out = capsys.readouterr().out
+    # 30 s left: mbls (its own runs take 10 s) starts, ls (unmeasured: the regime's 60 s) does not
+    assert "--loss_type=mbls" in out and "[deadline] cnn/mbls-default-seed2" not in out
+    assert re.search(r"\[deadline\] cnn/ls-default-seed2 not started: \d+ s left, runs take 60.0 s", out)
 
 
 def test_a_run_still_going_at_the_deadline_is_stopped_without_a_result(tmp_path, load_script, capsys):
