@@ -950,12 +950,18 @@ def search_report(runs: list[dict]) -> list[str]:
         kept = "the accuracy test" if drop is None else f"within {drop:g} accuracy points of the best"
         total = sum(row["time_s"] for row in candidates) / 60
         reused = sum(1 for row in candidates if not row.get("run", CANDIDATES_DIR).startswith(CANDIDATES_DIR))
+        from mbls_nlp.hparam_search import edge_note, grid_edges
+
+        grid = {name: sorted({row[name] for row in candidates}) for name in names}
+        chosen = next(({name: row[name] for name in names} for row in candidates if row["chosen"]), None)
+        edges = edge_note(grid_edges(grid, chosen), chosen) if chosen is not None else ""
         lines += [
             "",
             f"Rule: among the candidates kept by {kept}, the lowest validation "
             f"`{rule.get('selection_metric', 'dce')}` (`mbls_nlp.hparam_search.select_candidate`). "
             f"{len(candidates)} candidates, {total:.0f} min of training in all"
-            + (f" ({reused} of them rows of the table above, trained once for both)." if reused else "."),
+            + (f" ({reused} of them rows of the table above, trained once for both)." if reused else ".")
+            + (f" {edges}" if edges else ""),
         ]
     return lines
 

@@ -40,6 +40,7 @@ _LAZY_NAMES = {
     "CalibrationConfig": "calibration_config",
     "CalibrationTrainer": "calibration_trainer",
     "SearchArguments": "hparam_search",
+    "grid_edges": "hparam_search",
     "search_calibration_hparams": "hparam_search",
     "select_candidate": "hparam_search",
     "LossAdapter": "loss_adapter",
@@ -73,6 +74,7 @@ __all__ = [
     "classwise_calibration_error",
     "debiased_calibration_error",
     "expected_calibration_error",
+    "grid_edges",
     "margin_optimum",
     "maximum_calibration_error",
     "negative_log_likelihood",
@@ -121,7 +123,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     )
     from .calibration_config import CalibrationConfig
     from .calibration_trainer import CalibrationTrainer
-    from .hparam_search import SearchArguments, search_calibration_hparams, select_candidate
+    from .hparam_search import SearchArguments, grid_edges, search_calibration_hparams, select_candidate
     from .loss_adapter import LossAdapter
     from .losses import LOSS_NAMES, CalibrationLoss, MarginLoss, build_loss
     from .plotting import reliability_diagram, save_reliability_diagram

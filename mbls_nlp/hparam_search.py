@@ -4,7 +4,9 @@ The rule (the MbLS paper picks its margin on validation; issues 7 and 15): train
 budget, keep the candidates whose validation accuracy is not significantly below the best candidate's (a one-sided
 two-proportion z-test at 5% on the validation examples, or an explicit `max_accuracy_drop` in points), and choose
 the one among them with the lowest debiased calibration error `dce` on validation (ties: the lower NLL, then the
-first in grid order); see [`select_candidate`]. Test data never enters.
+first in grid order); see [`select_candidate`]. Test data never enters. A choice at the lowest or highest value of
+its grid is flagged ([`grid_edges`]: a warning, a line in `search.md`, `SearchResult.edges`): the rule's optimum
+may lie beyond the grid.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import logging
 import math
 import os
 import shutil
@@ -24,6 +27,8 @@ from transformers import TrainerCallback, TrainerState
 
 from .losses import LOSS_REGISTRY, build_loss
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "ACCURACY_TEST_Z",
     "DEFAULT_SEARCH_GRIDS",
@@ -32,6 +37,8 @@ __all__ = [
     "SearchArguments",
     "SearchResult",
     "describe_default_grids",
+    "edge_note",
+    "grid_edges",
     "parse_search_grid",
     "search_calibration_hparams",
     "select_candidate",
@@ -162,12 +169,15 @@ class SearchResult:
             `trainer.train()` returns as `.metrics`: `train_loss`, `train_runtime`, ...); the trainer then holds
             that candidate's trained model, training history and loss state. `None` when the chosen candidate is
             to be trained again.
+        edges (`dict[str, str]`): the chosen hyper-parameters that sit at the lowest or highest value of their grid
+            (see [`grid_edges`]), e.g. `{"margin": "highest"}`; empty when every choice is inside its grid.
     """
 
     chosen: dict[str, float]
     rows: list[dict[str, Any]]
     chosen_index: int | None
     train_metrics: dict[str, float] | None = None
+    edges: dict[str, str] = field(default_factory=dict)
 
     def summary(self, prefix: str = "search_") -> dict[str, float]:
         """Flat numbers for `all_results.json`: the chosen values, the candidate count and the search's time."""
@@ -227,6 +237,76 @@ def parse_search_grid(grid: str | dict | None, loss_type: str) -> dict[str, tupl
     for candidate in _candidates(grid):
         build_loss(loss_type, **{allowed[name]: value for name, value in candidate.items()})
     return grid
+
+
+def grid_edges(grid: dict[str, Any], chosen: dict[str, float]) -> dict[str, str]:
+    """The chosen values that lie at an end of their grid: `{name: "lowest" | "highest"}`.
+
+    A choice at the grid's lowest or highest value says the rule might have chosen a value beyond it, had the grid
+    gone further; a choice strictly inside has neighbours on both sides that the rule rejected. An axis with one
+    value is no search and is skipped.
+
+    Args:
+        grid (`dict[str, Sequence[float]]`): the searched values per hyper-parameter (as [`parse_search_grid`]
+            returns them).
+        chosen (`dict[str, float]`): the chosen value of every hyper-parameter of `grid`.
+
+    Returns:
+        `dict[str, str]`: in `grid`'s order, only the names at an edge.
+
+    Examples:
+
+    ```python
+    >>> grid_edges({"margin": (2, 4, 6, 10), "alpha": (0.1,)}, {"margin": 10, "alpha": 0.1})
+    {'margin': 'highest'}
+    >>> grid_edges({"margin": (2, 4, 6, 10)}, {"margin": 4})
+    {}
+
+    ```
+    """
+    if not isinstance(grid, dict):
+        raise TypeError(f"`grid` must be a dict of name -> values, got {type(grid).__name__}.")
+    if not isinstance(chosen, dict):
+        raise TypeError(f"`chosen` must be a dict of name -> value, got {type(chosen).__name__}.")
+    edges = {}
+    for name, values in grid.items():
+        values = [float(value) for value in values]
+        if name not in chosen:
+            raise ValueError(f"`chosen` has no value for {name!r}; it must give one for each of {list(grid)}.")
+        value = float(chosen[name])
+        if value not in values:
+            raise ValueError(f"`chosen[{name!r}]` = {chosen[name]!r} is not a value of its grid {values}.")
+        if len(values) < 2:
+            continue
+        if value == min(values):
+            edges[name] = "lowest"
+        elif value == max(values):
+            edges[name] = "highest"
+    return edges
+
+
+def edge_note(edges: dict[str, str], chosen: dict[str, float]) -> str:
+    """A sentence for a report on the choices at a grid's edge ([`grid_edges`]); `""` when there are none.
+
+    Examples:
+
+    ```python
+    >>> print(edge_note({"margin": "highest"}, {"margin": 10.0}))  # doctest: +NORMALIZE_WHITESPACE
+    At the grid's edge: margin=10 is the highest value of its grid. The rule's optimum may lie beyond it:
+    a grid extended past it (`--search_grid`) would tell.
+    >>> edge_note({}, {"margin": 4.0})
+    ''
+
+    ```
+    """
+    if not edges:
+        return ""
+    parts = [f"{name}={chosen[name]:g} is the {where} value of its grid" for name, where in edges.items()]
+    beyond = "it" if len(edges) == 1 else "them"
+    return (
+        f"At the grid's edge: {'; '.join(parts)}. The rule's optimum may lie beyond {beyond}: a grid extended past "
+        f"{beyond} (`--search_grid`) would tell."
+    )
 
 
 def _candidates(grid: dict[str, tuple[float, ...]]) -> list[dict[str, float]]:
@@ -526,7 +606,12 @@ def search_calibration_hparams(
     if keeper is not None:
         trial = next(number for number, row in results.items() if row is rows[chosen_index])
         train_metrics = keeper.restore(trial)
-    result = SearchResult(chosen=chosen, rows=rows, chosen_index=chosen_index, train_metrics=train_metrics)
+    edges = grid_edges(grid, chosen)
+    result = SearchResult(
+        chosen=chosen, rows=rows, chosen_index=chosen_index, train_metrics=train_metrics, edges=edges
+    )
+    if edges and trainer.is_world_process_zero():
+        logger.warning(edge_note(edges, chosen))
     if trainer.is_world_process_zero():
         write_search_tables(
             result, list(grid), output_dir or args.output_dir, args.loss_type, max_accuracy_drop, selection_metric
@@ -576,5 +661,7 @@ def write_search_tables(
         cells.append(f"{row['eval_nll']:.4f}")
         cells += [f"{row['time_s']:.0f}", "**yes**" if row["chosen"] else ""]
         lines.append("| " + " | ".join(cells) + " |")
+    if result.edges:
+        lines += ["", edge_note(result.edges, result.chosen)]
     with open(os.path.join(output_dir, "search.md"), "w") as handle:
         handle.write("\n".join(lines) + "\n")

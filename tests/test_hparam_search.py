@@ -14,6 +14,8 @@ from mbls_nlp import CalibrationConfig, CalibrationTrainer
 from mbls_nlp.hparam_search import (
     DEFAULT_SEARCH_GRIDS,
     SearchArguments,
+    edge_note,
+    grid_edges,
     parse_search_grid,
     search_calibration_hparams,
     select_candidate,
@@ -111,6 +113,29 @@ def test_selection_by_hand():
     assert select_candidate(rows, max_accuracy_drop=1.5, selection_metric="ece") == 1  # 0.685 is now inside the window
     assert select_candidate(rows, max_accuracy_drop=0.0, selection_metric="ece") == 0  # only the most accurate one
     assert select_candidate([row(0.3, 0.2)], 1.0, selection_metric="ece") == 0
+
+
+def test_grid_edges_by_hand():
+    grid = {"margin": (2.0, 4.0, 6.0, 10.0), "alpha": (0.1, 0.5, 1.0)}
+    assert grid_edges(grid, {"margin": 10.0, "alpha": 0.5}) == {"margin": "highest"}
+    assert grid_edges(grid, {"margin": 2.0, "alpha": 1.0}) == {"margin": "lowest", "alpha": "highest"}
+    assert grid_edges(grid, {"margin": 6.0, "alpha": 0.5}) == {}
+    # the grid's order does not matter, only its smallest and largest values; one-value axes are no search
+    assert grid_edges({"gamma": (3.0, 1.0, 2.0)}, {"gamma": 3.0}) == {"gamma": "highest"}
+    assert grid_edges({"margin": (10.0,)}, {"margin": 10.0}) == {}
+    assert edge_note({"margin": "lowest", "alpha": "highest"}, {"margin": 2.0, "alpha": 1.0}) == (
+        "At the grid's edge: margin=2 is the lowest value of its grid; alpha=1 is the highest value of its grid. "
+        "The rule's optimum may lie beyond them: a grid extended past them (`--search_grid`) would tell."
+    )
+    assert edge_note({}, {"margin": 6.0}) == ""
+    with pytest.raises(ValueError, match=r"`chosen\['margin'\]` = 3.0 is not a value of its grid"):
+        grid_edges(grid, {"margin": 3.0, "alpha": 0.5})
+    with pytest.raises(ValueError, match="`chosen` has no value for 'alpha'"):
+        grid_edges(grid, {"margin": 2.0})
+    with pytest.raises(TypeError, match="`grid` must be a dict"):
+        grid_edges([2.0, 4.0], {"margin": 2.0})
+    with pytest.raises(TypeError, match="`chosen` must be a dict"):
+        grid_edges(grid, 2.0)
 
 
 def test_selection_rejects_empty_and_nan():
@@ -218,6 +243,10 @@ def test_search_trains_each_candidate_with_its_own_loss(tmp_path, monkeypatch):
     table = (tmp_path / "search.md").read_text()
     assert "| ls_epsilon | val Acc (%) | val ECE (%) | val dCE (%) | val NLL | time (s) | chosen |" in table
     assert table.count("**yes**") == 1
+    # two candidates: whichever is chosen is at an edge of the grid, and the table says so
+    where = "lowest" if result.chosen["ls_epsilon"] == 0.0 else "highest"
+    assert result.edges == {"ls_epsilon": where}
+    assert f"ls_epsilon={result.chosen['ls_epsilon']:g} is the {where} value of its grid" in table
 
 
 def _weights(model):
@@ -345,9 +374,10 @@ def test_search_without_free_hyperparameters_trains_nothing(tmp_path):
     assert (tmp_path / "search.csv").read_text().splitlines() == [header]
 
 
-def test_search_default_rule_over_the_logged_rows(tmp_path):
+def test_search_default_rule_over_the_logged_rows(tmp_path, caplog):
     trainer = search_trainer(tmp_path, "ls")
-    result = search_calibration_hparams(trainer, "ls_epsilon=0.0,0.3,0.6")
+    with caplog.at_level("WARNING", logger="mbls_nlp.hparam_search"):
+        result = search_calibration_hparams(trainer, "ls_epsilon=0.0,0.3,0.6")
     rows = result.rows
     assert all(r["eval_samples"] == 32 for r in rows)  # the validation set's size
     # the rule by hand: kept when best - a <= 1.645 * sqrt((b (1 - b) + a (1 - a)) / 32); lowest dce, then NLL
@@ -361,6 +391,12 @@ def test_search_default_rule_over_the_logged_rows(tmp_path):
     assert result.chosen_index == min(kept, key=lambda i: (rows[i]["eval_dce"], rows[i]["eval_nll"], i))
     table = (tmp_path / "search.md").read_text()
     assert "debiased calibration error (ties: NLL)" in table and "32 validation examples" in table
+    # the edge warning follows the choice: at 0.0 or 0.6 it is logged and written, at 0.3 neither
+    edge = {0: "lowest", 2: "highest"}.get(result.chosen_index)
+    assert result.edges == ({"ls_epsilon": edge} if edge else {})
+    warned = [r.getMessage() for r in caplog.records if "grid's edge" in r.getMessage()]
+    assert warned == ([edge_note(result.edges, result.chosen)] if edge else [])
+    assert ("At the grid's edge" in table) == bool(edge)
 
 
 def test_search_needs_model_init_and_validation(tmp_path):

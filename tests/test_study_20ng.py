@@ -287,6 +287,14 @@ def test_the_tuned_setting_is_a_search_over_runs_of_its_own(tmp_path, load_scrip
     assert any("**yes** | `candidates/mbls-margin4-seed1` |" in line for line in lines)
     total = sum(row["time_s"] for row in rows) / 60
     assert f"3 candidates, {total:.0f} min of training in all (1 of them rows of the table above" in lines[-1]
+    assert "grid's edge" not in lines[-1]  # margin 4 lies inside the grid 2, 4, 10
+    tuned_run = next(r for r in runs_read if r["setting"] == "tuned")
+    at_edge = [{**row, "chosen": row["margin"] == 10.0} for row in tuned_run["search_candidates"]]
+    lines = study.search_report([{**tuned_run, "search_candidates": at_edge}])
+    assert lines[-1].endswith(
+        "At the grid's edge: margin=10 is the highest value of its grid. The rule's optimum may lie beyond it: "
+        "a grid extended past it (`--search_grid`) would tell."
+    )
     assert record["git_commit"] and record["launcher"] == f"{sys.executable} {script}"
 
     # every candidate stored, the tuned file gone: a dry run says what it would choose and writes nothing
