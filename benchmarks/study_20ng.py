@@ -929,6 +929,8 @@ def crossfit_report(groups: dict[tuple[str, str], list[dict]], n_bootstrap: int 
 def search_report(runs: list[dict]) -> list[str]:
     """One table per tuned run: every candidate's validation numbers (percent), the chosen one marked, the rule and
     what the search cost."""
+    from mbls_nlp.hparam_search import edge_note, grid_edges
+
     lines = []
     for run in sorted(runs, key=lambda r: (r["loss_type"], r["seed"])):
         candidates = run.get("search_candidates")
@@ -950,11 +952,8 @@ def search_report(runs: list[dict]) -> list[str]:
         kept = "the accuracy test" if drop is None else f"within {drop:g} accuracy points of the best"
         total = sum(row["time_s"] for row in candidates) / 60
         reused = sum(1 for row in candidates if not row.get("run", CANDIDATES_DIR).startswith(CANDIDATES_DIR))
-        from mbls_nlp.hparam_search import edge_note, grid_edges
-
-        grid = {name: sorted({row[name] for row in candidates}) for name in names}
-        chosen = next(({name: row[name] for name in names} for row in candidates if row["chosen"]), None)
-        edges = edge_note(grid_edges(grid, chosen), chosen) if chosen is not None else ""
+        chosen = next({name: row[name] for name in names} for row in candidates if row["chosen"])
+        edges = edge_note(grid_edges(run["search_grid"], chosen), chosen)
         lines += [
             "",
             f"Rule: among the candidates kept by {kept}, the lowest validation "

@@ -610,9 +610,9 @@ def search_calibration_hparams(
     result = SearchResult(
         chosen=chosen, rows=rows, chosen_index=chosen_index, train_metrics=train_metrics, edges=edges
     )
-    if edges and trainer.is_world_process_zero():
-        logger.warning(edge_note(edges, chosen))
     if trainer.is_world_process_zero():
+        if edges:
+            logger.warning(edge_note(edges, chosen))
         write_search_tables(
             result, list(grid), output_dir or args.output_dir, args.loss_type, max_accuracy_drop, selection_metric
         )
