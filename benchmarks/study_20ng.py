@@ -41,7 +41,9 @@ record keeps the commit that trained it, `git_commit`). Once every candidate has
 `<loss>-tuned-seed<k>.json` / `.npz` hold the chosen run's record and test logits, every candidate's validation
 numbers (`search_candidates`) and the search's total training time (`wall_time_s`). The choice reads validation
 only: the last per-epoch evaluation, what the recipe's search reads. A finished search is not run again; a call with
-another grid or rule for it stops with an error (use another `--results_dir`).
+another grid or rule for it stops with an error. A grid extended past the one searched (its choice at the grid's edge,
+say) is a search of its own beside it: `--variant NAME` with `--settings tuned` and `--search_grid` writes
+`<loss>-tuned_NAME-seed<k>.json`, a row of its own in the report, and trains only the candidates the first grid lacks.
 
     python benchmarks/study_20ng.py --regimes minilm --losses mbls --seeds 1 --settings tuned \
         --search_grid "mbls:margin=2,4,6,10;alpha=0.1"
@@ -193,7 +195,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         metavar="NAME",
         help="Name the runs <loss>-NAME-seed<k> instead of <loss>-default-seed<k>: the default setting changed by "
-        "--recipe_arg (e.g. --variant m4 --recipe_arg=--margin=4), a row of its own in the report.",
+        "--recipe_arg (e.g. --variant m4 --recipe_arg=--margin=4), a row of its own in the report. With "
+        "--settings tuned and --search_grid: a search over another grid beside the tuned one, "
+        "<loss>-tuned_NAME-seed<k> (e.g. --variant wide --search_grid 'mbls:margin=2,4,6,10,15;alpha=0.1'; the "
+        "candidates both grids share are trained once).",
     )
     parser.add_argument(
         "--deadline_s",
@@ -269,6 +274,12 @@ def recipe_arguments(args: argparse.Namespace, regime: str, loss: str, seed: int
     raise ValueError(f"`--regimes` takes names from {REGIMES}, got {regime!r}.")
 
 
+def is_search(record: dict) -> bool:
+    """Whether a run record is a tuned setting's (the `tuned` search, or `tuned_<variant>`: a search over another
+    grid): its wall time is the whole search's, and it is a copy of one of its candidates, not a training."""
+    return record["setting"] == "tuned" or record["setting"].startswith("tuned_")
+
+
 def stored_records(regime_dir: Path) -> list[tuple[Path, dict]]:
     """Every finished run of one regime's folder, its tuned setting's candidates included, as (path, record)."""
     paths = sorted(regime_dir.glob("*.json")) + sorted((regime_dir / CANDIDATES_DIR).glob("*.json"))
@@ -280,7 +291,7 @@ def longest_run_s(results_dir: Path, loss: str | None = None) -> float | None:
     candidate runs included; a tuned record's time is its whole search's, so it does not count): among the runs of
     `loss` when there are some, else among all of them (one slow run of another loss, e.g. one that shared the
     cores, should not keep every loss from starting); None when there are none."""
-    times = [(r["loss_type"], r["wall_time_s"]) for _, r in stored_records(results_dir) if r["setting"] != "tuned"]
+    times = [(r["loss_type"], r["wall_time_s"]) for _, r in stored_records(results_dir) if not is_search(r)]
     own = [t for name, t in times if name == loss]
     return max(own or [t for _, t in times], default=None)
 
@@ -473,7 +484,7 @@ def find_trained(
     """A stored run (a report row or a candidate) that trained what `recipe` would (see [`same_training`]) and has
     the validation numbers the rule needs; None when there is none."""
     for path, record in stored_records(regime_dir):
-        if record["loss_type"] != loss or record["seed"] != seed or record["setting"] == "tuned":
+        if record["loss_type"] != loss or record["seed"] != seed or is_search(record):
             continue
         if not same_training(record, loss, recipe, launcher):
             continue
@@ -518,7 +529,8 @@ def run_tuned(args, regime: str, loss: str, seed: int, deadline: float | None = 
     from mbls_nlp.hparam_search import parse_search_grid, select_candidate
 
     regime_dir = Path(args.results_dir) / regime
-    name = f"{loss}-tuned-seed{seed}"
+    setting = "tuned" if args.variant is None else f"tuned_{args.variant}"
+    name = f"{loss}-{setting}-seed{seed}"
     result_file = regime_dir / f"{name}.json"
     grid = parse_search_grid(args.grids.get(loss), loss)
     rule = {"max_accuracy_drop": args.max_accuracy_drop, "selection_metric": args.selection_metric}
@@ -574,7 +586,7 @@ def run_tuned(args, regime: str, loss: str, seed: int, deadline: float | None = 
     source = regime_dir / f"{rows[chosen]['run']}.json"
     record = json.loads(source.read_text())
     record.update(
-        setting="tuned",
+        setting=setting,
         search_grid={field_name: list(values) for field_name, values in grid.items()},
         search_rule=rule,
         search_candidates=rows,
@@ -700,7 +712,10 @@ def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
     base = next((r for r in runs if r["setting"] == "default"), runs[0])
     lines += [f"Recipe arguments (loss, seed and output folder vary): `{_shown_arguments(base)}`", ""]
     for (loss, setting), members in groups.items():
-        if setting not in ("default", "tuned"):
+        if is_search(members[0]) and setting != "tuned":
+            grid = "; ".join(f"{k}={','.join(f'{v:g}' for v in vs)}" for k, vs in members[0]["search_grid"].items())
+            lines += [f"Setting `{setting}` of `{loss}`: the search over the grid `{grid}`", ""]
+        elif setting != "default" and not is_search(members[0]):
             extra = [a for a in members[0]["recipe_arguments"] if a not in base["recipe_arguments"]]
             extra = [a for a in extra if not a.startswith(("--loss_type=", "--seed=", "--output_dir="))]
             lines += [f"Setting `{setting}` of `{loss}`: the default arguments plus `{' '.join(extra)}`", ""]
@@ -715,7 +730,7 @@ def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
         row += [_mean_std([r["ts_report"][k] for r in members], pct) for k, _, pct in TS_COLUMNS]
         row += [f"{np.mean([r['wall_time_s'] for r in members]) / 60:.1f}"]
         lines.append("| " + " | ".join(row) + " |")
-    if any(setting == "tuned" for _, setting in groups):
+    if any(is_search(members[0]) for members in groups.values()):
         lines += ["", "train min: a run's wall time; for a `tuned` row, its whole search's (every candidate)."]
     # Paired differences on the same 7,532 test messages, per seed (CE of the same seed), with paired bootstrap
     # intervals over test messages; "better"/"worse" count the seeds whose interval excludes zero either way.
@@ -739,6 +754,8 @@ def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
         if loss == "ce" and setting == "default":
             continue
         paired = [r for r in members if r["seed"] in ce_by_seed]
+        if not paired:  # no CE run of any of its seeds: nothing to pair with (a mean of none would print nan)
+            continue
         for title, pick in comparisons:
             results = []
             for run in paired:
@@ -972,7 +989,7 @@ def plot_curves(runs: list[dict], path: Path, regime: str) -> None:
     axes = figure.subplots(1, 2)
     colours = {"ce": "tab:red", "mbls": "tab:blue", "ls": "tab:green", "focal": "tab:orange"}
     for run in runs:
-        if run["setting"] == "tuned" or run["loss_type"] not in colours:
+        if is_search(run) or run["loss_type"] not in colours:
             continue
         history = run["validation_history"]
         epochs = [h["epoch"] for h in history]
@@ -983,7 +1000,8 @@ def plot_curves(runs: list[dict], path: Path, regime: str) -> None:
         axes[1].plot(epochs, [100 * h["eval_accuracy"] for h in history], **style)
     axes[0].set(xlabel="epoch", ylabel="validation ECE (%)", title=f"{regime}: validation ECE per epoch")
     axes[1].set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"{regime}: validation accuracy per epoch")
-    axes[1].legend(fontsize=7)
+    if axes[1].lines:  # a regime of searches only has no curve to name
+        axes[1].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
@@ -1027,18 +1045,25 @@ def main(argv: list[str] | None = None) -> None:
     settings = [name.strip() for name in args.settings.split(",")]
     if set(settings) - {"default", "tuned"}:
         raise ValueError(f"`--settings` takes 'default' and/or 'tuned', got {settings}.")
-    if args.variant is not None:
-        if not re.fullmatch(r"[a-z0-9_]+", args.variant) or args.variant in ("default", "tuned"):
-            raise ValueError(
-                f"`--variant` must be a short name of a-z, 0-9 and _ other than 'default' and 'tuned', got "
-                f"{args.variant!r}."
-            )
-        if settings != ["default"] or not args.recipe_arg:
-            raise ValueError(
-                "`--variant` names a changed default setting: it needs `--settings default` and at least one "
-                f"`--recipe_arg` (got settings {settings}, recipe_arg {args.recipe_arg})."
-            )
     args.grids = study_grids(args.search_grid)
+    if args.variant is not None:
+        if (
+            not re.fullmatch(r"[a-z0-9_]+", args.variant)
+            or args.variant == "default"
+            or args.variant.startswith("tuned")
+        ):
+            raise ValueError(
+                "`--variant` must be a short name of a-z, 0-9 and _, not 'default' and not starting with 'tuned', "
+                f"got {args.variant!r}."
+            )
+        changed_default = settings == ["default"] and args.recipe_arg
+        other_grid = settings == ["tuned"] and set(args.grids) == set(losses)
+        if not (changed_default or other_grid):
+            raise ValueError(
+                "`--variant` names a changed default setting (`--settings default` and at least one `--recipe_arg`) "
+                "or a search over another grid (`--settings tuned` and a `--search_grid` for each of --losses); got "
+                f"settings {settings}, recipe_arg {args.recipe_arg}, grids of {sorted(args.grids)}, losses {losses}."
+            )
     if args.grids and "tuned" not in settings:
         raise ValueError(f"`--search_grid` is the tuned setting's grid: add `--settings tuned` (got {settings}).")
     if set(args.grids) - set(losses):
