@@ -238,13 +238,21 @@ np.savez(out / "predictions_test.npz", logits=rng.normal(size=(60, 3)), labels=r
 """
 
 
-def test_the_tuned_setting_is_a_search_over_runs_of_its_own(tmp_path, load_script, capsys):
-    study = load_script("benchmarks/study_20ng.py")
+def _fake_study(tmp_path):
+    """The study's arguments for mbls, seed 1, with FAKE_CANDIDATE_RECIPE as the launcher (it writes calls.txt beside
+    itself); returns (results folder, arguments)."""
     script = tmp_path / "fake_recipe.py"
     script.write_text(FAKE_CANDIDATE_RECIPE)
     results, runs = tmp_path / "results", tmp_path / "runs"
     common = ["--losses", "mbls", "--seeds", "1", "--results_dir", str(results), "--runs_dir", str(runs),
               "--encoder", "enc", "--launcher", f"{sys.executable} {script}"]  # fmt: skip
+    return results, common
+
+
+def test_the_tuned_setting_is_a_search_over_runs_of_its_own(tmp_path, load_script, capsys):
+    study = load_script("benchmarks/study_20ng.py")
+    results, common = _fake_study(tmp_path)
+    script = tmp_path / "fake_recipe.py"
     grid = "--search_grid=mbls:margin=2,4,10"
     # the default run is the candidate margin 10 (mbls's defaults: margin 10, alpha 0.1): trained once, reused
     study.main(common)
@@ -317,11 +325,8 @@ def test_the_tuned_setting_is_a_search_over_runs_of_its_own(tmp_path, load_scrip
 
 def test_a_grid_extended_past_a_finished_search_is_a_search_of_its_own(tmp_path, load_script, capsys):
     study = load_script("benchmarks/study_20ng.py")
-    script = tmp_path / "fake_recipe.py"
-    script.write_text(FAKE_CANDIDATE_RECIPE)
-    results, runs = tmp_path / "results", tmp_path / "runs"
-    common = ["--losses", "mbls", "--seeds", "1", "--results_dir", str(results), "--runs_dir", str(runs),
-              "--encoder", "enc", "--launcher", f"{sys.executable} {script}", "--settings", "tuned"]  # fmt: skip
+    results, common = _fake_study(tmp_path)
+    common += ["--settings", "tuned"]
     study.main([*common, "--search_grid=mbls:margin=2,4,10"])
     first = (results / "cnn" / "mbls-tuned-seed1.json").read_text()
     assert json.loads(first)["chosen_run"] == "candidates/mbls-margin4-seed1"
