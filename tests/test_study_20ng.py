@@ -524,3 +524,55 @@ def test_crossfit_temperature_scales_each_half_by_the_other_halfs_fit(load_scrip
     for cell in better[-3:]:
         assert float(cell.split()[0]) < 0 and cell.endswith("(better 1/1, worse 0/1)")
     assert next(line for line in lines if line.startswith("| ce |")).endswith(" | - | - | - |")
+
+
+def _write_search(folder, loss, seed, candidates):
+    """A tuned result file listing `candidates` [(run, val acc, test acc, test ECE after TS, chosen)], and theirs."""
+    (folder / "candidates").mkdir(parents=True, exist_ok=True)
+    listed = []
+    for run, val, test, ts_ece, chosen in candidates:
+        metrics = {"test_accuracy": test, "test_ts_ece": ts_ece}
+        (folder / f"{run}.json").write_text(json.dumps({"metrics": metrics}))
+        listed.append({"run": run, "eval_accuracy": val, "chosen": chosen})
+    (folder / f"{loss}-tuned-seed{seed}.json").write_text(json.dumps({"search_candidates": listed}))
+
+
+def test_search_spread_measures_what_choosing_among_trainings_adds(load_script, tmp_path):
+    spread = load_script("benchmarks/search_spread_20ng.py")
+    _write_search(
+        tmp_path,
+        "ecp",
+        1,
+        [
+            ("candidates/a", 0.60, 0.50, 0.05, False),
+            ("candidates/b", 0.70, 0.58, 0.03, True),
+            ("candidates/c", 0.65, 0.54, 0.02, False),
+        ],
+    )
+    # val 60, 70, 65 (mean 65), test 50, 58, 54 (mean 54): the chosen b is +5 on validation and +4 on test, the
+    # test range 8; test rises exactly as validation does (54 - 50 = 4 for 5 points, 58 - 54 = 4 for 5): corr 1
+    _write_search(tmp_path, "ce", 1, [("candidates/only", 0.6, 0.5, 0.04, True)])  # one candidate: no row
+    (tmp_path / "ecp-tuned_wide-seed1.json").write_text("{}")  # variants are not read
+    [row] = spread.search_spread(tmp_path)
+    assert row["search"] == "ecp-tuned-seed1" and row["candidates"] == 3
+    assert row["val_gain"] == pytest.approx(5.0) and row["test_gain"] == pytest.approx(4.0)
+    assert row["test_range"] == pytest.approx(8.0) and row["corr"] == pytest.approx(1.0)
+    assert (row["ts_ece_chosen"], row["ts_ece_mean"], row["ts_ece_best"]) == pytest.approx((3.0, 10 / 3, 2.0))
+    # a second search whose choice is below its mean (test 50 against 51): mean gain (4 - 1) / 2, median the same
+    _write_search(
+        tmp_path, "ls", 2, [("candidates/d", 0.7, 0.50, 0.04, True), ("candidates/e", 0.6, 0.52, 0.06, False)]
+    )
+    rows = spread.search_spread(tmp_path)
+    assert [r["corr"] for r in rows] == pytest.approx([1.0, -1.0])
+    total = spread.summary(rows)
+    assert total["searches"] == 2 and total["above_mean"] == 1
+    assert total["test_gain_mean"] == pytest.approx(1.5) and total["test_gain_median"] == pytest.approx(1.5)
+    assert total["corr_mean"] == pytest.approx(0.0) and total["ts_ece_best"] == pytest.approx(3.0)
+    # missing candidate files and empty input are errors that say what to do
+    (tmp_path / "candidates" / "e.json").unlink()
+    with pytest.raises(ValueError, match=r"candidates/e.*missing.*study_20ng.py"):
+        spread.search_spread(tmp_path)
+    with pytest.raises(ValueError, match="`rows` is empty"):
+        spread.summary([])
+    with pytest.raises(ValueError, match="`regime_dir`"):
+        spread.search_spread(tmp_path / "absent")

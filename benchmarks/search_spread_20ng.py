@@ -1,0 +1,125 @@
+"""How much of a tuned loss's accuracy is the search picking the best of several trainings? (issue 17)
+
+The study's `tuned` setting trains one candidate per grid point, all with the same seed, and keeps the candidate the
+selection rule chooses on validation; cross-entropy has nothing to search and gets one training per seed. When the
+candidates of one seed end at different accuracies, and validation accuracy predicts test accuracy, the search also
+selects a lucky training, and a tuned loss's paired accuracy difference to CE includes that selection. This script
+measures it from the stored results (nothing is trained): for every `<loss>-tuned-seed<k>.json` of a regime it reads
+the candidates' result files and prints, per search, the chosen candidate's validation and test accuracy above the
+candidates' mean, the spread of test accuracy among the candidates, the correlation between the candidates'
+validation and test accuracy, and the chosen candidate's test ECE after temperature scaling against the candidates'
+mean and best (the best is a test-set oracle, for reference only).
+
+Run from the repository root (seconds):
+
+    python benchmarks/search_spread_20ng.py --regime cnn
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "study_20ng"
+
+
+def search_spread(regime_dir: Path) -> list[dict]:
+    """One row per tuned search (`<loss>-tuned-seed<k>.json`, variants excluded) of `regime_dir` that has two
+    candidates or more. Accuracies and ECEs are in percent."""
+    regime_dir = Path(regime_dir)
+    if not regime_dir.is_dir():
+        raise ValueError(f"`regime_dir` must be a folder of study results, got {str(regime_dir)!r} (not a folder).")
+    rows = []
+    for result_file in sorted(regime_dir.glob("*-tuned-seed*.json")):
+        record = json.loads(result_file.read_text())
+        candidates = record.get("search_candidates") or []
+        if len(candidates) < 2:
+            continue
+        val, test, ts_ece, chosen = [], [], [], None
+        for candidate in candidates:
+            candidate_file = regime_dir / f"{candidate['run']}.json"
+            if not candidate_file.is_file():
+                raise ValueError(
+                    f"{result_file.name} lists candidate {candidate['run']!r}, whose result file {candidate_file} "
+                    "is missing: run benchmarks/study_20ng.py for that search again (it trains only what is missing)."
+                )
+            metrics = json.loads(candidate_file.read_text())["metrics"]
+            val.append(100 * candidate["eval_accuracy"])
+            test.append(100 * metrics["test_accuracy"])
+            ts_ece.append(100 * metrics["test_ts_ece"])
+            if candidate.get("chosen"):
+                chosen = len(val) - 1
+        if chosen is None:
+            raise ValueError(f"{result_file.name}: no candidate is marked `chosen`.")
+        val, test, ts_ece = np.array(val), np.array(test), np.array(ts_ece)
+        same = np.ptp(val) == 0 or np.ptp(test) == 0
+        rows.append(
+            {
+                "search": result_file.stem,
+                "candidates": len(val),
+                "val_gain": float(val[chosen] - val.mean()),
+                "test_gain": float(test[chosen] - test.mean()),
+                "test_range": float(np.ptp(test)),
+                "corr": float("nan") if same else float(np.corrcoef(val, test)[0, 1]),
+                "ts_ece_chosen": float(ts_ece[chosen]),
+                "ts_ece_mean": float(ts_ece.mean()),
+                "ts_ece_best": float(ts_ece.min()),
+            }
+        )
+    return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    """Mean and median over searches of the chosen candidate's test accuracy above its candidates' mean, how many
+    searches chose above the mean, the mean correlation (searches where it is defined) and the mean test ECE after
+    TS of the chosen candidate, of the candidates' mean and of the best candidate."""
+    if not rows:
+        raise ValueError("`rows` is empty: the regime has no tuned search with two candidates or more.")
+    gains = [row["test_gain"] for row in rows]
+    corrs = [row["corr"] for row in rows if not np.isnan(row["corr"])]
+    return {
+        "searches": len(rows),
+        "test_gain_mean": statistics.fmean(gains),
+        "test_gain_median": statistics.median(gains),
+        "above_mean": sum(gain > 0 for gain in gains),
+        "corr_mean": statistics.fmean(corrs) if corrs else float("nan"),
+        "ts_ece_chosen": statistics.fmean(row["ts_ece_chosen"] for row in rows),
+        "ts_ece_mean": statistics.fmean(row["ts_ece_mean"] for row in rows),
+        "ts_ece_best": statistics.fmean(row["ts_ece_best"] for row in rows),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--regime", default="cnn", help="a folder under --results_dir (default: cnn)")
+    parser.add_argument("--results_dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    rows = search_spread(args.results_dir / args.regime)
+    print(
+        "| search | candidates | chosen val acc − mean | chosen test acc − mean | test acc range | corr(val, test) "
+        "| ECE after TS: chosen / mean / best |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['search']} | {row['candidates']} | {row['val_gain']:+.2f} | {row['test_gain']:+.2f} | "
+            f"{row['test_range']:.2f} | {row['corr']:.2f} | {row['ts_ece_chosen']:.2f} / {row['ts_ece_mean']:.2f} / "
+            f"{row['ts_ece_best']:.2f} |"
+        )
+    total = summary(rows)
+    print(
+        f"\n{total['searches']} searches: chosen test accuracy − candidates' mean {total['test_gain_mean']:+.2f} "
+        f"points on average (median {total['test_gain_median']:+.2f}; above the mean in {total['above_mean']} of "
+        f"{total['searches']}); mean corr(val, test) {total['corr_mean']:.2f}; test ECE after TS, mean over searches: "
+        f"chosen {total['ts_ece_chosen']:.2f}, candidates' mean {total['ts_ece_mean']:.2f}, best (oracle) "
+        f"{total['ts_ece_best']:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
