@@ -53,6 +53,8 @@ def search_spread(regime_dir: Path) -> list[dict]:
             test.append(100 * metrics["test_accuracy"])
             ts_ece.append(100 * metrics["test_ts_ece"])
             if candidate.get("chosen"):
+                if chosen is not None:
+                    raise ValueError(f"{result_file.name}: more than one candidate is marked `chosen`.")
                 chosen = len(val) - 1
         if chosen is None:
             raise ValueError(f"{result_file.name}: no candidate is marked `chosen`.")

@@ -537,7 +537,7 @@ def _write_search(folder, loss, seed, candidates):
     (folder / f"{loss}-tuned-seed{seed}.json").write_text(json.dumps({"search_candidates": listed}))
 
 
-def test_search_spread_measures_what_choosing_among_trainings_adds(load_script, tmp_path):
+def test_search_spread_measures_what_choosing_among_trainings_adds(load_script, tmp_path, capsys):
     spread = load_script("benchmarks/search_spread_20ng.py")
     _write_search(
         tmp_path,
@@ -552,25 +552,52 @@ def test_search_spread_measures_what_choosing_among_trainings_adds(load_script, 
     # val 60, 70, 65 (mean 65), test 50, 58, 54 (mean 54): the chosen b is +5 on validation and +4 on test, the
     # test range 8; test rises exactly as validation does (54 - 50 = 4 for 5 points, 58 - 54 = 4 for 5): corr 1
     _write_search(tmp_path, "ce", 1, [("candidates/only", 0.6, 0.5, 0.04, True)])  # one candidate: no row
-    (tmp_path / "ecp-tuned_wide-seed1.json").write_text("{}")  # variants are not read
+    # a variant search (its own row in the study's report) is not read, although it has candidates
+    (tmp_path / "ecp-tuned_wide-seed1.json").write_text(
+        json.dumps({"search_candidates": [{"run": "nowhere", "eval_accuracy": 0.5, "chosen": True}] * 2})
+    )
     [row] = spread.search_spread(tmp_path)
     assert row["search"] == "ecp-tuned-seed1" and row["candidates"] == 3
     assert row["val_gain"] == pytest.approx(5.0) and row["test_gain"] == pytest.approx(4.0)
     assert row["test_range"] == pytest.approx(8.0) and row["corr"] == pytest.approx(1.0)
     assert (row["ts_ece_chosen"], row["ts_ece_mean"], row["ts_ece_best"]) == pytest.approx((3.0, 10 / 3, 2.0))
-    # a second search whose choice is below its mean (test 50 against 51): mean gain (4 - 1) / 2, median the same
+    # a search whose choice is below its mean (test 50 against 51, corr -1), and one whose candidates all test at
+    # 60 (no test spread: gain 0, correlation undefined, left out of the mean correlation)
     _write_search(
         tmp_path, "ls", 2, [("candidates/d", 0.7, 0.50, 0.04, True), ("candidates/e", 0.6, 0.52, 0.06, False)]
     )
+    _write_search(
+        tmp_path, "mbls", 3, [("candidates/f", 0.7, 0.60, 0.01, True), ("candidates/g", 0.6, 0.60, 0.03, False)]
+    )
     rows = spread.search_spread(tmp_path)
-    assert [r["corr"] for r in rows] == pytest.approx([1.0, -1.0])
+    assert [r["search"] for r in rows] == ["ecp-tuned-seed1", "ls-tuned-seed2", "mbls-tuned-seed3"]
+    assert rows[1]["corr"] == pytest.approx(-1.0) and math.isnan(rows[2]["corr"])
     total = spread.summary(rows)
-    assert total["searches"] == 2 and total["above_mean"] == 1
-    assert total["test_gain_mean"] == pytest.approx(1.5) and total["test_gain_median"] == pytest.approx(1.5)
-    assert total["corr_mean"] == pytest.approx(0.0) and total["ts_ece_best"] == pytest.approx(3.0)
-    # missing candidate files and empty input are errors that say what to do
+    # gains 4, -1, 0: mean 1, median 0 (not the mean); ECE after TS chosen 3, 4, 1 -> 8/3, mean 10/3, 5, 2 -> 31/9,
+    # best 2, 4, 1 -> 7/3
+    assert total["searches"] == 3 and total["above_mean"] == 1
+    assert total["test_gain_mean"] == pytest.approx(1.0) and total["test_gain_median"] == pytest.approx(0.0)
+    assert total["corr_mean"] == pytest.approx(0.0)
+    assert (total["ts_ece_chosen"], total["ts_ece_mean"], total["ts_ece_best"]) == pytest.approx(
+        (8 / 3, 31 / 9, 7 / 3)
+    )
+    # the script prints one table row per search and the summary line
+    spread.main(["--results_dir", str(tmp_path.parent), "--regime", tmp_path.name])
+    out = capsys.readouterr().out
+    assert "| ecp-tuned-seed1 | 3 | +5.00 | +4.00 | 8.00 | 1.00 | 3.00 / 3.33 / 2.00 |" in out
+    assert "| mbls-tuned-seed3 | 2 | +5.00 | +0.00 | 0.00 | nan |" in out
+    assert "3 searches: chosen test accuracy − candidates' mean +1.00 points on average (median +0.00" in out
+    # bad stored input and empty input are errors that say what is wrong
     (tmp_path / "candidates" / "e.json").unlink()
     with pytest.raises(ValueError, match=r"candidates/e.*missing.*study_20ng.py"):
+        spread.search_spread(tmp_path)
+    _write_search(
+        tmp_path, "ls", 2, [("candidates/d", 0.7, 0.5, 0.04, False), ("candidates/e", 0.6, 0.5, 0.06, False)]
+    )
+    with pytest.raises(ValueError, match="ls-tuned-seed2.json: no candidate is marked `chosen`"):
+        spread.search_spread(tmp_path)
+    _write_search(tmp_path, "ls", 2, [("candidates/d", 0.7, 0.5, 0.04, True), ("candidates/e", 0.6, 0.5, 0.06, True)])
+    with pytest.raises(ValueError, match="more than one candidate is marked `chosen`"):
         spread.search_spread(tmp_path)
     with pytest.raises(ValueError, match="`rows` is empty"):
         spread.summary([])
