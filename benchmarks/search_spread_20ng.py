@@ -10,9 +10,13 @@ candidates' mean, the spread of test accuracy among the candidates, the correlat
 validation and test accuracy, and the chosen candidate's test ECE after temperature scaling against the candidates'
 mean and best (the best is a test-set oracle, for reference only).
 
+`--setting tuned_reseeded` reads CE's search over data orders instead (benchmarks/study_20ng.py `--data_seeds`): the
+same measure for trainings that differ by their luck only.
+
 Run from the repository root (seconds):
 
     python benchmarks/search_spread_20ng.py --regime cnn
+    python benchmarks/search_spread_20ng.py --regime cnn --setting tuned_reseeded
 """
 
 from __future__ import annotations
@@ -28,14 +32,17 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "study_20ng"
 
 
-def search_spread(regime_dir: Path) -> list[dict]:
-    """One row per tuned search (`<loss>-tuned-seed<k>.json`, variants excluded) of `regime_dir` that has two
-    candidates or more. Accuracies and ECEs are in percent."""
+def search_spread(regime_dir: Path, setting: str = "tuned") -> list[dict]:
+    """One row per search of `setting` (`<loss>-<setting>-seed<k>.json`: `tuned`, or a variant such as
+    `tuned_reseeded`; the other settings excluded) of `regime_dir` that has two candidates or more. Accuracies and
+    ECEs are in percent."""
     regime_dir = Path(regime_dir)
     if not regime_dir.is_dir():
         raise ValueError(f"`regime_dir` must be a folder of study results, got {str(regime_dir)!r} (not a folder).")
+    if not isinstance(setting, str) or not (setting == "tuned" or setting.startswith("tuned_")):
+        raise ValueError(f"`setting` must be 'tuned' or a search variant 'tuned_NAME', got {setting!r}.")
     rows = []
-    for result_file in sorted(regime_dir.glob("*-tuned-seed*.json")):
+    for result_file in sorted(regime_dir.glob(f"*-{setting}-seed*.json")):
         record = json.loads(result_file.read_text())
         candidates = record.get("search_candidates") or []
         if len(candidates) < 2:
@@ -100,8 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--regime", default="cnn", help="a folder under --results_dir (default: cnn)")
     parser.add_argument("--results_dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--setting", default="tuned", help="the searches read: tuned (default), or a variant, e.g. tuned_reseeded"
+    )
     args = parser.parse_args(argv)
-    rows = search_spread(args.results_dir / args.regime)
+    rows = search_spread(args.results_dir / args.regime, args.setting)
     print(
         "| search | candidates | chosen val acc − mean | chosen test acc − mean | test acc range | corr(val, test) "
         "| ECE after TS: chosen / mean / best |"

@@ -44,6 +44,12 @@ only: the last per-epoch evaluation, what the recipe's search reads. A finished 
 another grid or rule for it stops with an error. A grid extended past the one searched (its choice at the grid's edge,
 say) is a search of its own beside it: `--variant NAME` with `--settings tuned` and `--search_grid` writes
 `<loss>-tuned_NAME-seed<k>.json`, a row of its own in the report, and trains only the candidates the first grid lacks.
+`--data_seeds` with such a variant trains every candidate once per data order (transformers' `--data_seed`; the
+initialization and the validation carve stay the seed's): with `--losses ce`, CE chosen by the same rule among as many
+trainings as a search has, the baseline that says how much of a tuned loss's gain is the choice among trainings.
+
+    python benchmarks/study_20ng.py --regimes cnn --losses ce --seeds 1,2,3 --settings tuned --variant reseeded \
+        --data_seeds 1000,2000,3000,4000
 
     python benchmarks/study_20ng.py --regimes minilm --losses mbls --seeds 1 --settings tuned \
         --search_grid "mbls:margin=2,4,6,10;alpha=0.1"
@@ -199,6 +205,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--settings tuned and --search_grid: a search over another grid beside the tuned one, "
         "<loss>-tuned_NAME-seed<k> (e.g. --variant wide --search_grid 'mbls:margin=2,4,6,10,15;alpha=0.1'; the "
         "candidates both grids share are trained once).",
+    )
+    parser.add_argument(
+        "--data_seeds",
+        default=None,
+        metavar="K1,K2,...",
+        help="With --settings tuned and --variant NAME: every candidate of the grid (CE, which has no grid: its one "
+        "run) is trained once per data seed, transformers' --data_seed: the order in which the training messages are "
+        "drawn. The run's --seed still sets the model's initialization and the validation carve, so the candidates "
+        "of one seed differ by their training luck only. accelerate draws epoch e's order with seed data_seed + e "
+        "(and, without --data_seed, with --seed + e), so space the data seeds further apart than the epochs and away "
+        "from the seeds: `--losses ce --settings tuned --variant reseeded --data_seeds 1000,2000,3000,4000` gives CE "
+        "as many trainings as a four-candidate search, chosen by the same rule: what choosing among trainings adds, "
+        "without a hyper-parameter to choose.",
     )
     parser.add_argument(
         "--deadline_s",
@@ -453,6 +472,20 @@ def split_hparams(recipe: list[str], loss: str) -> tuple[list[str], dict[str, fl
     return rest, values
 
 
+#: the recipe argument (transformers' `TrainingArguments.data_seed`) that `--data_seeds` adds to a search's grid
+DATA_SEED = "data_seed"
+
+
+def parse_data_seeds(text: str) -> list[int]:
+    """`--data_seeds`: distinct non-negative integers, comma-separated."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items or not all(item.isdigit() for item in items) or len(set(map(int, items))) != len(items):
+        raise ValueError(
+            f"`--data_seeds` must be distinct non-negative integers, comma-separated (e.g. 101,102,103), got {text!r}."
+        )
+    return [int(item) for item in items]
+
+
 def _number(value: float) -> str:
     """A grid value as the recipe argument and the run's name write it: exact (12 significant digits), short."""
     return format(value, ".12g")
@@ -533,6 +566,8 @@ def run_tuned(args, regime: str, loss: str, seed: int, deadline: float | None = 
     name = f"{loss}-{setting}-seed{seed}"
     result_file = regime_dir / f"{name}.json"
     grid = parse_search_grid(args.grids.get(loss), loss)
+    if getattr(args, "data_seeds", None):  # the same grid point trained once per data order
+        grid[DATA_SEED] = tuple(float(value) for value in args.data_seeds)
     rule = {"max_accuracy_drop": args.max_accuracy_drop, "selection_metric": args.selection_metric}
     if result_file.exists():
         done = json.loads(result_file.read_text())
@@ -969,8 +1004,10 @@ def search_report(runs: list[dict]) -> list[str]:
         kept = "the accuracy test" if drop is None else f"within {drop:g} accuracy points of the best"
         total = sum(row["time_s"] for row in candidates) / 60
         reused = sum(1 for row in candidates if not row.get("run", CANDIDATES_DIR).startswith(CANDIDATES_DIR))
-        chosen = next({name: row[name] for name in names} for row in candidates if row["chosen"])
-        edges = edge_note(grid_edges(run["search_grid"], chosen), chosen)
+        # the data seeds are draws of training luck, not a range whose edge could hide an optimum
+        chosen = next({name: row[name] for name in names if name != DATA_SEED} for row in candidates if row["chosen"])
+        grid = {name: values for name, values in run["search_grid"].items() if name != DATA_SEED}
+        edges = edge_note(grid_edges(grid, chosen), chosen)
         lines += [
             "",
             f"Rule: among the candidates kept by {kept}, the lowest validation "
@@ -1057,13 +1094,23 @@ def main(argv: list[str] | None = None) -> None:
                 f"got {args.variant!r}."
             )
         changed_default = settings == ["default"] and args.recipe_arg
-        other_grid = settings == ["tuned"] and set(args.grids) == set(losses)
+        other_grid = settings == ["tuned"] and (set(args.grids) == set(losses) or args.data_seeds is not None)
         if not (changed_default or other_grid):
             raise ValueError(
                 "`--variant` names a changed default setting (`--settings default` and at least one `--recipe_arg`) "
-                "or a search over another grid (`--settings tuned` and a `--search_grid` for each of --losses); got "
-                f"settings {settings}, recipe_arg {args.recipe_arg}, grids of {sorted(args.grids)}, losses {losses}."
+                "or a search over another grid (`--settings tuned` and a `--search_grid` for each of --losses, or "
+                f"`--data_seeds`); got settings {settings}, recipe_arg {args.recipe_arg}, grids of "
+                f"{sorted(args.grids)}, losses {losses}."
             )
+    if args.data_seeds is not None:
+        args.data_seeds = parse_data_seeds(args.data_seeds)
+        if settings != ["tuned"] or args.variant is None:
+            raise ValueError(
+                "`--data_seeds` makes a search of its own: give it with `--settings tuned` and `--variant NAME` "
+                f"(got settings {settings}, variant {args.variant!r})."
+            )
+        if any(argument.split("=")[0] == f"--{DATA_SEED}" for argument in args.recipe_arg):
+            raise ValueError("`--data_seeds` sets the recipe's --data_seed per candidate: drop it from --recipe_arg.")
     if args.grids and "tuned" not in settings:
         raise ValueError(f"`--search_grid` is the tuned setting's grid: add `--settings tuned` (got {settings}).")
     if set(args.grids) - set(losses):

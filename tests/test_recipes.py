@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -452,3 +453,32 @@ def test_image_recipe_trains_its_cifar_resnet_without_a_model_path(tmp_path, loa
     history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
     logged = [entry["learning_rate"] for entry in history if "learning_rate" in entry]
     assert logged == pytest.approx([0.05 * (1 + math.cos(3 * math.pi / 8)), 0.05 * (1 + math.cos(7 * math.pi / 8))])
+
+
+def test_data_seed_changes_the_training_order_only(tmp_path, load_script, monkeypatch):
+    """`--data_seed` (what the study's `--data_seeds` varies) reorders the training batches and nothing else: the
+    model's initialization and the validation carve follow `--seed`; without it the order follows `--seed` too."""
+    recipe = load_script("recipes/text_classification.py")
+    seen = {}
+    real = recipe.train_calibrate_and_test
+
+    def spy(trainer, validation, test, *args, **kwargs):  # the trainer before training, and the carved validation
+        first = next(trainer.model.parameters()).detach().clone()
+        seen[Path(trainer.args.output_dir).name] = (first, validation["input_ids"], validation["labels"])
+        return real(trainer, validation, test, *args, **kwargs)
+
+    monkeypatch.setattr(recipe, "train_calibrate_and_test", spy)
+    rows = [{"text": f"w{i} w{i % 3} w{(i * 7) % 11}", "label": i % 3} for i in range(90)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    test = _jsonl(tmp_path / "test.jsonl", [0, 1, 2] * 4)
+    base = [f"--train_file={train}", f"--test_file={test}", "--max_seq_length=8", "--embedding_dim=4", *TINY_TRAIN]
+    base += ["--validation_split_percentage=20", "--save_predictions=true"]
+    for name, extra in {"plain": [], "same": ["--data_seed=0"], "other": ["--data_seed=1000"]}.items():
+        recipe.main([*base, *extra, f"--output_dir={tmp_path / name}"])
+    logits = {name: np.load(tmp_path / name / "predictions_test.npz")["logits"] for name in seen}
+    for name in ("same", "other"):
+        assert torch.equal(seen[name][0], seen["plain"][0])  # the same initialization
+        assert seen[name][1:] == seen["plain"][1:]  # the same validation examples, in the same order
+    assert np.array_equal(logits["same"], logits["plain"])  # no --data_seed: the order of --seed
+    assert not np.allclose(logits["other"], logits["plain"], atol=1e-4)  # another order: another training

@@ -603,3 +603,75 @@ def test_search_spread_measures_what_choosing_among_trainings_adds(load_script, 
         spread.summary([])
     with pytest.raises(ValueError, match="`regime_dir`"):
         spread.search_spread(tmp_path / "absent")
+    # a variant's searches, read on their own (the reseeded CE of study_20ng.py --data_seeds)
+    _write_search(tmp_path, "ls", 2, [("candidates/d", 0.7, 0.5, 0.04, True), ("candidates/e", 0.6, 0.5, 0.06, False)])
+    _write_search(
+        tmp_path, "ce", 1, [("candidates/h", 0.62, 0.55, 0.05, False), ("candidates/i", 0.66, 0.58, 0.03, True)]
+    )
+    (tmp_path / "ce-tuned-seed1.json").rename(tmp_path / "ce-tuned_reseeded-seed1.json")
+    [row] = spread.search_spread(tmp_path, "tuned_reseeded")
+    assert row["search"] == "ce-tuned_reseeded-seed1" and row["test_gain"] == pytest.approx(1.5)
+    assert "ce-tuned_reseeded-seed1" not in [r["search"] for r in spread.search_spread(tmp_path)]
+    with pytest.raises(ValueError, match="`setting` must be 'tuned' or a search variant"):
+        spread.search_spread(tmp_path, "default")
+
+
+FAKE_RESEEDED_RECIPE = FAKE_CANDIDATE_RECIPE.replace(
+    'margin = float(given.get("margin", 10))',
+    'margin = {None: 10, "1000": 4, "2000": 2, "3000": 1}[given.get("data_seed")]  # a data order plays a margin',
+).replace('{"epoch": 1, "eval_ece": 0.3}', '{"epoch": 1, "eval_ece": 0.3, "eval_accuracy": 0.5}')  # CE is plotted
+
+
+def test_data_seeds_give_ce_a_search_over_trainings(tmp_path, load_script, capsys):
+    study = load_script("benchmarks/study_20ng.py")
+    script = tmp_path / "fake_recipe.py"
+    script.write_text(FAKE_RESEEDED_RECIPE)
+    results = tmp_path / "results"
+    common = ["--losses", "ce", "--seeds", "2", "--results_dir", str(results), "--runs_dir", str(tmp_path / "runs"),
+              "--encoder", "enc", "--launcher", f"{sys.executable} {script}"]  # fmt: skip
+    reseeded = [*common, "--settings", "tuned", "--variant", "reseeded", "--data_seeds", "1000,2000,3000"]
+    study.main(common)  # CE's default run: no --data_seed, so not one of the search's candidates
+    study.main(reseeded)
+    calls = (tmp_path / "calls.txt").read_text().split()
+    assert calls == ["ce-default-seed2", "ce-data_seed1000-seed2", "ce-data_seed2000-seed2", "ce-data_seed3000-seed2"]
+    record = json.loads((results / "cnn" / "ce-tuned_reseeded-seed2.json").read_text())
+    candidates = sorted((results / "cnn" / "candidates").glob("*.json"))
+    arguments = [json.loads(path.read_text())["recipe_arguments"] for path in candidates]
+    for path, given in zip(candidates, arguments):
+        data_seed = path.stem.split("-")[1].removeprefix("data_seed")
+        assert "--seed=2" in given and f"--data_seed={data_seed}" in given and "--loss_type=ce" in given
+    assert record["search_grid"] == {"data_seed": [1000.0, 2000.0, 3000.0]}
+    # the rule as for any search: data seed 2000 (accuracy 0.55) fails the accuracy test; of 1000 (0.61, dce 0.04)
+    # and 3000 (0.615, dce 0.02), 3000 has the lower debiased error
+    assert [row["chosen"] for row in record["search_candidates"]] == [False, False, True]
+    assert record["chosen_run"] == "candidates/ce-data_seed3000-seed2" and record["setting"] == "tuned_reseeded"
+    study.main(reseeded)  # finished: nothing trained again
+    assert "[skip] cnn/ce-tuned_reseeded-seed2" in capsys.readouterr().out and len(calls) == 4
+    text = study.write_report(results, n_bootstrap=20).read_text()
+    assert "Setting `tuned_reseeded` of `ce`: the search over the grid `data_seed=1000,2000,3000`" in text
+    assert any(line.startswith("| ce | tuned_reseeded | 2 |") for line in text.splitlines())
+    assert "grid's edge" not in text  # data seeds are draws, not a range (3000 is the highest, yet no edge note)
+    # a grid of the loss's own, trained once per data seed: mbls's margins 2 and 4 under two data orders
+    script.write_text(FAKE_CANDIDATE_RECIPE)
+    mbls = [*common[2:], "--losses", "mbls", "--settings", "tuned", "--variant", "orders"]
+    study.main([*mbls, "--search_grid=mbls:margin=2,4", "--data_seeds", "1000,2000", "--dry_run"])
+    out = capsys.readouterr().out
+    assert "4 of 4 candidates not trained yet" in out
+    assert "mbls-margin2-data_seed1000-seed2" in out and "mbls-margin4-data_seed2000-seed2" in out
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (["--data_seeds", "1000,2000"], "`--data_seeds` makes a search of its own"),
+        (["--settings", "tuned", "--data_seeds", "1000,2000"], "`--data_seeds` makes a search of its own"),
+        (["--settings", "tuned", "--variant", "r", "--data_seeds", "1000,1000"], "must be distinct non-negative"),
+        (["--settings", "tuned", "--variant", "r", "--data_seeds", "1000,-2"], "must be distinct non-negative"),
+        (["--settings", "tuned", "--variant", "r", "--data_seeds", ","], "must be distinct non-negative"),
+        (["--settings", "tuned", "--variant", "r", "--data_seeds", "7", "--recipe_arg=--data_seed=3"], "drop it"),
+    ],
+)
+def test_bad_data_seeds_fail_before_training(tmp_path, load_script, bad, match):
+    study = load_script("benchmarks/study_20ng.py")
+    with pytest.raises(ValueError, match=match):
+        study.main(["--losses", "ce", "--results_dir", str(tmp_path), "--encoder", "enc", "--dry_run", *bad])
