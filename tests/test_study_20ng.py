@@ -616,10 +616,18 @@ def test_search_spread_measures_what_choosing_among_trainings_adds(load_script, 
         spread.search_spread(tmp_path, "default")
 
 
-FAKE_RESEEDED_RECIPE = FAKE_CANDIDATE_RECIPE.replace(
-    'margin = float(given.get("margin", 10))',
-    'margin = {None: 10, "1000": 4, "2000": 2, "3000": 1}[given.get("data_seed")]  # a data order plays a margin',
-).replace('{"epoch": 1, "eval_ece": 0.3}', '{"epoch": 1, "eval_ece": 0.3, "eval_accuracy": 0.5}')  # CE is plotted
+# a data order plays a margin (and draws its own logits); the labels are the same in every run (the test set's);
+# CE's first epoch is plotted
+FAKE_RESEEDED_RECIPE = (
+    FAKE_CANDIDATE_RECIPE.replace(
+        'margin = float(given.get("margin", 10))',
+        'margin = float(given["margin"]) if "margin" in given else '
+        '{None: 10, "1000": 4, "2000": 2, "3000": 1}[given.get("data_seed")]',
+    )
+    .replace("labels=rng.integers(0, 3, 60)", "labels=np.arange(60) % 3")
+    .replace("default_rng(int(margin))", "default_rng(int(margin) + int(given.get('data_seed', 0)))")
+    .replace('{"epoch": 1, "eval_ece": 0.3}', '{"epoch": 1, "eval_ece": 0.3, "eval_accuracy": 0.5}')
+)
 
 
 def test_data_seeds_give_ce_a_search_over_trainings(tmp_path, load_script, capsys):
@@ -651,6 +659,25 @@ def test_data_seeds_give_ce_a_search_over_trainings(tmp_path, load_script, capsy
     assert "Setting `tuned_reseeded` of `ce`: the search over the grid `data_seed=1000,2000,3000`" in text
     assert any(line.startswith("| ce | tuned_reseeded | 2 |") for line in text.splitlines())
     assert "grid's edge" not in text  # data seeds are draws, not a range (3000 is the highest, yet no edge note)
+    assert "against CE chosen among as many trainings" not in text  # no tuned loss to set against it yet
+    # a tuned loss of the same seed is set against the chosen CE (data seed 3000, the fake's margin 1), not only
+    # against CE's one default training
+    study.main([*common[2:], "--losses", "mbls", "--settings", "tuned", "--search_grid=mbls:margin=2,4"])
+    assert json.loads((results / "cnn" / "mbls-tuned-seed2.json").read_text())["chosen_run"].endswith("margin4-seed2")
+    text = study.write_report(results, n_bootstrap=20).read_text()
+    section = text.split("### Tuned losses against CE chosen among as many trainings (`ce` `tuned_reseeded`")[1]
+    assert "among 3 trainings of its seed" in section
+    labels = np.arange(60) % 3
+
+    def accuracy(name):
+        return float((np.load(results / "cnn" / name)["logits"].argmax(1) == labels).mean())
+
+    against_chosen = 100 * (accuracy("mbls-tuned-seed2.npz") - accuracy("ce-tuned_reseeded-seed2.npz"))
+    against_default = 100 * (accuracy("mbls-tuned-seed2.npz") - accuracy("ce-default-seed2.npz"))
+    assert against_chosen != pytest.approx(against_default)  # the two baselines differ, so the rows can tell
+    assert f"| mbls | tuned | loss - CE | {against_chosen:.2f} (better " in section
+    assert f"| mbls | tuned | loss - CE | {against_default:.2f} (better " in text.split(section[:40])[0]
+    assert "| ce | tuned_reseeded |" not in section.split("### Test logit distances")[0]
     # a grid of the loss's own, trained once per data seed: mbls's margins 2 and 4 under two data orders
     script.write_text(FAKE_CANDIDATE_RECIPE)
     mbls = [*common[2:], "--losses", "mbls", "--settings", "tuned", "--variant", "orders"]
