@@ -13,15 +13,24 @@ mean and best (the best is a test-set oracle, for reference only).
 `--setting tuned_reseeded` reads CE's search over data orders instead (benchmarks/study_20ng.py `--data_seeds`): the
 same measure for trainings that differ by their luck only.
 
+`--pairwise RUN RUN ...` (result files of one test set, e.g. CE's trainings of one seed under several data orders)
+sets every pair of them against each other with the study's per-seed interval (a 95% paired bootstrap over the test
+messages): accuracy, ECE, and ECE after each run's own temperature. Between trainings of one configuration every
+difference is training luck, so the share of pairs whose interval excludes zero says how much of a "better"/"worse"
+verdict of that interval a loss's comparison with one CE training can owe to luck.
+
 Run from the repository root (seconds):
 
     python benchmarks/search_spread_20ng.py --regime cnn
     python benchmarks/search_spread_20ng.py --regime cnn --setting tuned_reseeded
+    cd benchmarks/study_20ng/cnn && python ../../search_spread_20ng.py --pairwise ce-default-seed1.json \
+        candidates/ce-data_seed{1000,2000,3000,4000}-seed1.json
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 from pathlib import Path
@@ -103,6 +112,45 @@ def summary(rows: list[dict]) -> dict:
     }
 
 
+#: (key of the row, metric, whether each run is scaled by its own temperature first)
+PAIRWISE = [("accuracy", "accuracy", False), ("ece", "ece", False), ("ts_ece", "ece", True)]
+
+
+def pairwise_differences(paths: list[Path], n_bootstrap: int = 1000) -> list[dict]:
+    """Every pair (a, b) of the result files `paths` (each a JSON beside its .npz of test logits and labels, as the
+    study writes them; the labels must agree): `metric(a) - metric(b)` in percent with its 95% paired bootstrap
+    interval (resamples seeded 0), for accuracy, ECE and ECE after each run's own temperature (`metrics.temperature`
+    of its JSON), as `<key>`, `<key>_low`, `<key>_high`."""
+    from mbls_nlp.calibration import paired_bootstrap
+
+    paths = [Path(path) for path in paths]
+    if len(paths) < 2 or len(set(paths)) != len(paths):
+        raise ValueError(f"`paths` must name two result files or more, each once, got {[str(p) for p in paths]}.")
+    runs = []
+    for path in paths:
+        if not path.is_file() or not path.with_suffix(".npz").is_file():
+            raise ValueError(f"{path} is not a study result file with its .npz beside it.")
+        stored = np.load(path.with_suffix(".npz"))
+        temperature = float(json.loads(path.read_text())["metrics"]["temperature"])
+        runs.append((stored["logits"].astype(np.float64), stored["labels"].astype(np.int64), temperature))
+    if any(not np.array_equal(labels, runs[0][1]) for _, labels, _ in runs):
+        raise ValueError("The result files are not runs of one test set: their labels differ.")
+    rows = []
+    for i, j in itertools.combinations(range(len(runs)), 2):
+        (za, labels, ta), (zb, _, tb) = runs[i], runs[j]
+        row = {"a": str(paths[i]), "b": str(paths[j])}
+        for key, metric, scaled in PAIRWISE:
+            a, b = (za / ta, zb / tb) if scaled else (za, zb)
+            result = paired_bootstrap(a, b, labels, metrics=[metric], n_bootstrap=n_bootstrap, seed=0)
+            row.update({key + end: 100 * result[metric + end] for end in ("", "_low", "_high")})
+        rows.append(row)
+    return rows
+
+
+def excludes_zero(row: dict, key: str) -> bool:
+    return row[key + "_low"] > 0 or row[key + "_high"] < 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--regime", default="cnn", help="a folder under --results_dir (default: cnn)")
@@ -110,7 +158,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--setting", default="tuned", help="the searches read: tuned (default), or a variant, e.g. tuned_reseeded"
     )
+    parser.add_argument(
+        "--pairwise", nargs="+", type=Path, metavar="RUN", help="result files to set against each other, every pair"
+    )
+    parser.add_argument("--n_bootstrap", type=int, default=1000, help="--pairwise: bootstrap resamples per interval")
     args = parser.parse_args(argv)
+    if args.pairwise:
+        rows = pairwise_differences(args.pairwise, args.n_bootstrap)
+        print("| a | b | Δ accuracy | Δ ECE | Δ ECE, each after its own TS |")
+        print("|---|---|---|---|---|")
+        for row in rows:
+            cells = [f"{row[k]:+.2f} [{row[k + '_low']:.2f}, {row[k + '_high']:.2f}]" for k, _, _ in PAIRWISE]
+            print(f"| {Path(row['a']).stem} | {Path(row['b']).stem} | " + " | ".join(cells) + " |")
+        counts = ", ".join(
+            f"{name} {sum(excludes_zero(row, key) for row in rows)}"
+            for (key, _, _), name in zip(PAIRWISE, ("accuracy", "ECE", "ECE after TS"))
+        )
+        print(f"\n{len(rows)} pairs; intervals that exclude zero: {counts}")
+        return
     rows = search_spread(args.results_dir / args.regime, args.setting)
     print(
         "| search | candidates | chosen val acc − mean | chosen test acc − mean | test acc range | corr(val, test) "

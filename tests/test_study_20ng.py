@@ -702,3 +702,38 @@ def test_bad_data_seeds_fail_before_training(tmp_path, load_script, bad, match):
     study = load_script("benchmarks/study_20ng.py")
     with pytest.raises(ValueError, match=match):
         study.main(["--losses", "ce", "--results_dir", str(tmp_path), "--encoder", "enc", "--dry_run", *bad])
+
+
+def test_pairwise_differences_between_stored_runs(load_script, tmp_path, capsys):
+    spread = load_script("benchmarks/search_spread_20ng.py")
+    labels = np.array([0, 1, 0, 1])
+    right = np.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]])  # all right at confidence sigmoid(2)
+
+    def store(name, logits, temperature, stored_labels=labels):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"metrics": {"temperature": temperature}}))
+        np.savez(tmp_path / f"{name}.npz", logits=logits, labels=stored_labels)
+        return tmp_path / f"{name}.json"
+
+    # b: a's logits doubled, with temperature 2 (after scaling b is a); c: every prediction wrong at a's confidence
+    paths = [store("a", right, 1.0), store("b", 2 * right, 2.0), store("c", right[:, ::-1], 1.0)]
+    ab, ac, bc = spread.pairwise_differences(paths, n_bootstrap=50)
+    sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    ece_a, ece_b, ece_c = 1 - sigmoid(2), 1 - sigmoid(4), sigmoid(2)  # one bin each: |accuracy - confidence|
+    assert (ab["a"], ab["b"]) == (str(paths[0]), str(paths[1]))
+    # every example alike: each resample gives the same difference, so the interval is that point
+    assert ab["accuracy"] == ab["accuracy_low"] == ab["accuracy_high"] == 0
+    assert ab["ece"] == pytest.approx(100 * (ece_a - ece_b)) and ab["ece_low"] == pytest.approx(ab["ece"])
+    assert ab["ts_ece"] == pytest.approx(0, abs=1e-9)
+    assert ac["accuracy"] == 100 and ac["ece"] == pytest.approx(100 * (ece_a - ece_c))
+    assert bc["ts_ece"] == pytest.approx(100 * (ece_a - ece_c))
+    assert [spread.excludes_zero(row, "accuracy") for row in (ab, ac, bc)] == [False, True, True]
+    spread.main(["--pairwise", *map(str, paths), "--n_bootstrap", "50"])
+    out = capsys.readouterr().out
+    assert "| a | c | +100.00 [100.00, 100.00] |" in out
+    assert "3 pairs; intervals that exclude zero: accuracy 2, ECE 3, ECE after TS 2" in out
+    with pytest.raises(ValueError, match="two result files or more, each once"):
+        spread.pairwise_differences([paths[0], paths[0]])
+    with pytest.raises(ValueError, match="labels differ"):
+        spread.pairwise_differences([paths[0], store("d", right, 1.0, labels[::-1])])
+    with pytest.raises(ValueError, match="not a study result file"):
+        spread.pairwise_differences([paths[0], tmp_path / "absent.json"])
