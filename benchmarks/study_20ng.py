@@ -849,7 +849,10 @@ def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
     summary, detail = paired_tables(others, ce_by_seed, COMPARISONS, n_bootstrap)
     lines += [
         "Each cell: the difference averaged over seeds; in parentheses, the number of seeds whose 95% paired interval",
-        "excludes zero in the loss's favour (better) or against it (worse). Per-seed intervals below.",
+        "excludes zero in the loss's favour (better) or against it (worse). Per-seed intervals below. The intervals",
+        "resample the test messages only: they leave out training luck, which two trainings of one configuration",
+        "differ by beyond them (benchmarks/search_spread_20ng.py --pairwise; RESULTS.md), so a few points of",
+        "difference in one seed can be luck, and the counts over seeds carry a verdict.",
         "",
         *summary,
         "",
