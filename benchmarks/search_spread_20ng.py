@@ -139,10 +139,13 @@ def pairwise_differences(paths: list[Path], n_bootstrap: int = 1000) -> list[dic
     for i, j in itertools.combinations(range(len(runs)), 2):
         (za, labels, ta), (zb, _, tb) = runs[i], runs[j]
         row = {"a": str(paths[i]), "b": str(paths[j])}
-        for key, metric, scaled in PAIRWISE:
+        for scaled in (False, True):  # one bootstrap per pair of scores, for all of its metrics
+            wanted = [(key, metric) for key, metric, on_scaled in PAIRWISE if on_scaled == scaled]
             a, b = (za / ta, zb / tb) if scaled else (za, zb)
-            result = paired_bootstrap(a, b, labels, metrics=[metric], n_bootstrap=n_bootstrap, seed=0)
-            row.update({key + end: 100 * result[metric + end] for end in ("", "_low", "_high")})
+            result = paired_bootstrap(a, b, labels, metrics=[m for _, m in wanted], n_bootstrap=n_bootstrap, seed=0)
+            row.update(
+                {key + end: 100 * result[metric + end] for key, metric in wanted for end in ("", "_low", "_high")}
+            )
         rows.append(row)
     return rows
 

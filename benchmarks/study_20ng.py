@@ -481,7 +481,8 @@ def parse_data_seeds(text: str) -> list[int]:
     items = [item.strip() for item in text.split(",") if item.strip()]
     if not items or not all(item.isdigit() for item in items) or len(set(map(int, items))) != len(items):
         raise ValueError(
-            f"`--data_seeds` must be distinct non-negative integers, comma-separated (e.g. 101,102,103), got {text!r}."
+            "`--data_seeds` must be distinct non-negative integers, comma-separated (e.g. 1000,2000,3000), got "
+            f"{text!r}."
         )
     return [int(item) for item in items]
 
@@ -566,7 +567,7 @@ def run_tuned(args, regime: str, loss: str, seed: int, deadline: float | None = 
     name = f"{loss}-{setting}-seed{seed}"
     result_file = regime_dir / f"{name}.json"
     grid = parse_search_grid(args.grids.get(loss), loss)
-    if getattr(args, "data_seeds", None):  # the same grid point trained once per data order
+    if args.data_seeds:  # the same grid point trained once per data order
         grid[DATA_SEED] = tuple(float(value) for value in args.data_seeds)
     rule = {"max_accuracy_drop": args.max_accuracy_drop, "selection_metric": args.selection_metric}
     if result_file.exists():
@@ -742,11 +743,11 @@ COMPARISONS = [
 
 
 def paired_tables(
-    groups: dict[tuple[str, str], list[dict]], baseline_by_seed: dict[int, dict], comparisons: list, n_bootstrap: int
+    groups: dict[tuple[str, str], list[dict]], baseline_by_seed: dict[int, dict], n_bootstrap: int
 ) -> tuple[list[str], list[str]]:
-    """The paired differences of every group's runs to the baseline run of the same seed (groups without one are
-    left out): a summary table (the mean over seeds, and how many seeds' intervals exclude zero either way) and the
-    per-seed intervals, as markdown lines."""
+    """The paired differences (`COMPARISONS`) of every group's runs to the baseline run of the same seed (groups
+    without one are left out): a summary table (the mean over seeds, and how many seeds' intervals exclude zero
+    either way) and the per-seed intervals, as markdown lines."""
     from mbls_nlp.calibration import paired_bootstrap
 
     header = ["loss", "setting", "comparison"] + [t for _, t, _ in PAIRED_METRICS]
@@ -758,7 +759,7 @@ def paired_tables(
         paired = [r for r in members if r["seed"] in baseline_by_seed]
         if not paired:  # no baseline run of any of its seeds: nothing to pair with (a mean of none would print nan)
             continue
-        for title, pick in comparisons:
+        for title, pick in COMPARISONS:
             results = []
             for run in paired:
                 a, b = pick(run, baseline_by_seed[run["seed"]])
@@ -782,7 +783,7 @@ def search_baseline_report(groups: dict[tuple[str, str], list[dict]], n_bootstra
         if base_loss != "ce" or not is_search(bases[0]):
             continue
         tuned = {key: members for key, members in groups.items() if key[0] != "ce" and key[1] == "tuned"}
-        summary, detail = paired_tables(tuned, {r["seed"]: r for r in bases}, COMPARISONS, n_bootstrap)
+        summary, detail = paired_tables(tuned, {r["seed"]: r for r in bases}, n_bootstrap)
         if len(summary) == 2:  # no tuned loss shares a seed with this search
             continue
         sizes = sorted({len(r["search_candidates"]) for r in bases})
@@ -846,7 +847,7 @@ def regime_report(regime: str, runs: list[dict], n_bootstrap: int) -> str:
     ]
     ce_by_seed = {r["seed"]: r for r in runs if r["loss_type"] == "ce" and r["setting"] == "default"}
     others = {key: members for key, members in groups.items() if key != ("ce", "default")}
-    summary, detail = paired_tables(others, ce_by_seed, COMPARISONS, n_bootstrap)
+    summary, detail = paired_tables(others, ce_by_seed, n_bootstrap)
     lines += [
         "Each cell: the difference averaged over seeds; in parentheses, the number of seeds whose 95% paired interval",
         "excludes zero in the loss's favour (better) or against it (worse). Per-seed intervals below. The intervals",
